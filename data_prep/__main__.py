@@ -1,0 +1,192 @@
+"""Command line: ``python -m data_prep {demo-corpus,train-tokenizer,tokenize} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import DataPrepError
+
+log = logging.getLogger("data_prep")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    """Bytes, optionally with a k/m/g suffix (powers of 1024): 67108864, 64m, 512k."""
+    t = text.strip().lower().rstrip("b")
+    mult = 1
+    if t and t[-1] in "kmg":
+        mult = 1024 ** ("kmg".index(t[-1]) + 1)
+        t = t[:-1]
+    try:
+        value = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes like 67108864 or 64m, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Prepare pretraining data: demo corpus, sentencepiece tokenizer, packed MDS tokens.",
+    )
+    quiet_help = "only warnings and errors; no progress bar"
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    # -q is accepted after the subcommand too (SUPPRESS: don't reset a top-level -q)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo-corpus",
+        parents=[common],
+        help="write a small real-text corpus (stdlib docstrings + Python reference manual)",
+        description="Extract stdlib docstrings and pydoc reference topics (parsed with ast, never "
+        "imported) into SlimPajama layout: OUTPUT/train/chunkN/example_train_K.jsonl.zst.",
+    )
+    d.add_argument("--output", required=True, type=Path, help="corpus directory")
+    d.add_argument("--max-mb", type=float, default=None, help="cap on total text size in MB (10^6 bytes)")
+    d.add_argument("--docs-per-file", type=_positive_int, default=256, help="documents per .jsonl.zst file (default 256)")
+
+    t = sub.add_parser(
+        "train-tokenizer",
+        parents=[common],
+        help="train a sentencepiece model with an exact decode(encode(text)) round trip",
+        description="Train a byte-fallback sentencepiece model (unk=0, bos=1, eos=2, no pad) on a "
+        "bounded deterministic sample of the input documents.",
+    )
+    t.add_argument("--input", required=True, nargs="+", metavar="PATH", help="files, directories or globs")
+    t.add_argument("--output", required=True, type=Path, help="model file to write, e.g. tok.model")
+    t.add_argument("--vocab-size", required=True, type=_positive_int)
+    t.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    t.add_argument("--max-sentences", type=_positive_int, default=200_000,
+                   help="training sentences (document pieces of <= 4 KB) to sample (default 200000)")
+    t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    t.add_argument("--text-field", default="text", help="JSON/parquet field holding the text (default: text)")
+
+    k = sub.add_parser(
+        "tokenize",
+        parents=[common],
+        help="tokenize + pack documents into MDS shards with a manifest",
+        description="Tokenize documents, append EOS, pack into samples of seq_len+1 tokens and "
+        "write mosaicml-streaming MDS to OUTPUT/train and OUTPUT/val, then OUTPUT/manifest.json.",
+    )
+    k.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="files, directories or globs (.jsonl, .jsonl.zst, .jsonl.gz, .txt, .parquet)")
+    k.add_argument("--output", required=True, type=Path, help="dataset directory")
+    k.add_argument("--tokenizer", required=True, type=Path, help="sentencepiece .model file")
+    k.add_argument("--seq-len", required=True, type=_positive_int, help="model context length (samples hold seq_len+1 tokens)")
+    k.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
+    k.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="tokenizer threads (default: all cores)")
+    k.add_argument("--shard-size-limit", type=_size, default=1 << 26, metavar="BYTES",
+                   help="uncompressed bytes per MDS shard, e.g. 64m (default 64m)")
+    k.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    k.add_argument("--text-field", default="text", help="JSON/parquet field holding the text (default: text)")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in OUTPUT")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "demo-corpus":
+            return _demo_corpus(args)
+        if args.command == "train-tokenizer":
+            return _train_tokenizer(args)
+        if args.command == "tokenize":
+            return _tokenize(args)
+    except (DataPrepError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def _demo_corpus(args: argparse.Namespace) -> int:
+    from .corpus import MB, DemoCorpusConfig, build_demo_corpus
+
+    res = build_demo_corpus(
+        DemoCorpusConfig(output=args.output, max_mb=args.max_mb, docs_per_file=args.docs_per_file)
+    )
+    sources = ", ".join(f"{k}: {v}" for k, v in res.by_source.items())
+    print(
+        f"wrote {res.documents} documents ({sources}), {res.text_bytes / MB:.2f} MB of text, "
+        f"{res.compressed_bytes / MB:.2f} MB compressed in {len(res.files)} files under "
+        f"{Path(args.output) / 'train'}"
+    )
+    return 0
+
+
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    from .tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    res = train_tokenizer(
+        TokenizerTrainConfig(
+            inputs=args.input,
+            output=args.output,
+            vocab_size=args.vocab_size,
+            model_type=args.model_type,
+            max_sentences=args.max_sentences,
+            seed=args.seed,
+            text_field=args.text_field,
+        )
+    )
+    print(
+        f"wrote {res.path} (vocab {res.vocab_size}) trained on {res.sentences} sentences / "
+        f"{res.sentence_bytes / 1e6:.2f} MB from {res.documents_seen} documents in {res.seconds:.1f}s; "
+        f"round trip exact on {res.verified_docs} documents"
+    )
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from .pipeline import TokenizeConfig, run_tokenize
+
+    m = run_tokenize(
+        TokenizeConfig(
+            inputs=args.input,
+            output=args.output,
+            tokenizer=args.tokenizer,
+            seq_len=args.seq_len,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            shard_size_limit=args.shard_size_limit,
+            compression=args.compression,
+            text_field=args.text_field,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    )
+    tr, va = m["splits"]["train"], m["splits"]["val"]
+    skipped = sum(m["skipped"].values())
+    print(
+        f"wrote {args.output}: train {tr['samples']} samples / {tr['tokens']} tokens "
+        f"({tr['documents']} docs), val {va['samples']} samples / {va['tokens']} tokens "
+        f"({va['documents']} docs), {skipped} records skipped"
+        + (f" {m['skipped']}" if skipped else "")
+        + f", {m['wall_time_s']:.1f}s, {m['tokens_per_s']:.0f} tokens/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

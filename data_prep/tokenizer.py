@@ -1,0 +1,235 @@
+"""``train-tokenizer``: a sentencepiece model whose decode(encode(text)) == text exactly.
+
+Settings that make the round trip exact on code-like text (indentation, newlines, tabs,
+arbitrary Unicode): ``normalization_rule_name="identity"``, ``remove_extra_whitespaces=False``,
+``add_dummy_prefix=False``, ``allow_whitespace_only_pieces=True``, ``byte_fallback=True``
+(characters outside the vocabulary become <0xNN> byte pieces instead of <unk>) and "\\n" as a
+user-defined symbol (sentencepiece otherwise has no piece for it). ``split_digits=True``.
+Special ids: unk=0, bos=1, eos=2, no pad.
+
+Training data is a bounded, deterministic sample: documents are cut into "sentences" of at
+most ``max_sentence_bytes`` at line boundaries, and the ``max_sentences`` sentences with the
+smallest seeded hash are kept (independent of input order, O(max_sentences) memory).
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from .errors import DataPrepError
+from .fsutil import atomic_write_bytes, unit_hash
+from .readers import BadRecord, Document, SkipLog, iter_records, resolve_inputs
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = ("bpe", "unigram")
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+USER_SYMBOLS = ("\n",)
+BYTE_PIECES = 256
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    inputs: Sequence[str]
+    output: Path
+    vocab_size: int
+    model_type: str = "bpe"
+    max_sentences: int = 200_000
+    seed: int = 0
+    text_field: str = "text"
+    max_sentence_bytes: int = 4096
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    verify_docs: int = 2000  # documents checked for an exact round trip after training
+
+
+@dataclass(frozen=True)
+class TokenizerTrainResult:
+    path: Path
+    vocab_size: int
+    sentences: int
+    sentence_bytes: int
+    documents_seen: int
+    verified_docs: int
+    seconds: float
+
+
+def split_sentences(text: str, max_bytes: int) -> Iterator[str]:
+    """Cut ``text`` into pieces of <= max_bytes UTF-8 bytes, at line ends where possible.
+
+    The pieces concatenate back to ``text``; newlines stay inside the pieces.
+    """
+    buf: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if size + n > max_bytes and buf:
+            yield "".join(buf)
+            buf, size = [], 0
+        while n > max_bytes:  # a single very long line: hard cut at a character boundary
+            cut = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+            if not cut:
+                cut = line[0]
+            yield cut
+            line = line[len(cut):]
+            n = len(line.encode("utf-8"))
+        if line:
+            buf.append(line)
+            size += n
+    if buf:
+        yield "".join(buf)
+
+
+def sample_sentences(
+    docs: Iterable[str], max_sentences: int, seed: int, max_bytes: int
+) -> tuple[list[str], int]:
+    """Bottom-k sample by seeded hash: deterministic and independent of document order.
+
+    Returns (sentences sorted by hash, number of documents seen).
+    """
+    key = f"data_prep-tokenizer-seed-{seed}".encode()
+    heap: list[tuple[float, str]] = []  # max-heap via negated hash
+    n_docs = 0
+    for text in docs:
+        n_docs += 1
+        for sent in split_sentences(text, max_bytes):
+            if not sent.strip():
+                continue
+            h = unit_hash(sent.encode("utf-8"), key=key)
+            if len(heap) < max_sentences:
+                heapq.heappush(heap, (-h, sent))
+            elif -heap[0][0] > h:
+                heapq.heapreplace(heap, (-h, sent))
+    ordered = sorted(heap, key=lambda item: (-item[0], item[1]))
+    return [s for _, s in ordered], n_docs
+
+
+def _documents(files: Sequence[Path], text_field: str, skips: SkipLog) -> Iterator[str]:
+    for rec in iter_records(files, text_field):
+        if isinstance(rec, Document):
+            yield rec.text
+        else:
+            assert isinstance(rec, BadRecord)
+            skips.add(rec)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
+    import sentencepiece as spm
+
+    if cfg.model_type not in MODEL_TYPES:
+        raise DataPrepError(f"--model-type must be one of {MODEL_TYPES}, got {cfg.model_type!r}")
+    min_vocab = BYTE_PIECES + 3 + len(USER_SYMBOLS) + 1
+    if cfg.vocab_size < min_vocab:
+        raise DataPrepError(
+            f"--vocab-size {cfg.vocab_size} is too small: byte fallback alone needs "
+            f"{BYTE_PIECES} + 3 special + {len(USER_SYMBOLS)} user pieces; use >= {min_vocab}"
+        )
+    if cfg.max_sentences < 1:
+        raise DataPrepError(f"--max-sentences must be >= 1, got {cfg.max_sentences}")
+    out = Path(cfg.output)
+    if out.is_dir():
+        raise DataPrepError(f"--output {out} is a directory; expected a file path like tok.model")
+    files = resolve_inputs(cfg.inputs)
+    t0 = time.time()
+    skips = SkipLog()
+    sentences, n_docs = sample_sentences(
+        _documents(files, cfg.text_field, skips), cfg.max_sentences, cfg.seed, cfg.max_sentence_bytes
+    )
+    if not sentences:
+        raise DataPrepError(f"--input {' '.join(cfg.inputs)}: no usable documents to train on")
+    n_bytes = sum(len(s.encode("utf-8")) for s in sentences)
+    log.info(
+        "training %s tokenizer (vocab %d) on %d sentences / %.1f MB sampled from %d documents",
+        cfg.model_type, cfg.vocab_size, len(sentences), n_bytes / 1e6, n_docs,
+    )
+    if skips.total:
+        log.warning("skipped %d bad records: %s", skips.total, skips.as_dict())
+
+    spm.set_random_generator_seed(cfg.seed)
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            byte_fallback=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            normalization_rule_name="identity",
+            user_defined_symbols=list(USER_SYMBOLS),
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=-1,
+            max_sentence_length=cfg.max_sentence_bytes + 16,
+            input_sentence_size=0,  # we already sampled; keep every sentence we pass
+            shuffle_input_sentence=False,
+            num_threads=max(1, cfg.num_threads),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise DataPrepError(
+            f"sentencepiece training failed for --vocab-size {cfg.vocab_size} on "
+            f"{len(sentences)} sentences ({n_bytes} bytes): {e}"
+        ) from e
+    proto = model.getvalue()
+
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    check_special_ids(sp, where="trained model")
+    verified = verify_round_trip(
+        sp, _documents(files, cfg.text_field, SkipLog(max_warnings_per_reason=0)), cfg.verify_docs
+    )
+    atomic_write_bytes(out, proto)
+    return TokenizerTrainResult(
+        out.resolve(), sp.vocab_size(), len(sentences), n_bytes, n_docs, verified, time.time() - t0
+    )
+
+
+def check_special_ids(sp, where: str) -> None:
+    if sp.eos_id() < 0 or sp.unk_id() < 0 or sp.bos_id() < 0:
+        raise DataPrepError(
+            f"{where}: needs unk, bos and eos ids; got unk={sp.unk_id()} bos={sp.bos_id()} "
+            f"eos={sp.eos_id()}"
+        )
+
+
+def verify_round_trip(sp, docs: Iterable[str], limit: Optional[int]) -> int:
+    """Check decode(encode(doc)) == doc for up to ``limit`` documents; raise on the first miss."""
+    n = 0
+    for doc in docs:
+        if limit is not None and n >= limit:
+            break
+        back = sp.decode(sp.encode(doc))
+        if back != doc:
+            i = next((k for k, (a, b) in enumerate(zip(doc, back)) if a != b), min(len(doc), len(back)))
+            raise DataPrepError(
+                f"tokenizer round trip is not exact: document {n} differs at char {i}: "
+                f"expected {doc[max(0, i - 20):i + 20]!r}, got {back[max(0, i - 20):i + 20]!r}"
+            )
+        n += 1
+    return n
+
+
+def load_tokenizer(path: Path):
+    """Load a sentencepiece model, with a clear error if the file is missing or invalid."""
+    import sentencepiece as spm
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"--tokenizer {path}: no such file (train one with `train-tokenizer`)")
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(str(path))
+    except (OSError, RuntimeError) as e:
+        raise DataPrepError(f"--tokenizer {path}: not a sentencepiece model: {e}") from e
+    check_special_ids(sp, where=f"--tokenizer {path}")
+    return sp

@@ -1,0 +1,11 @@
+"""Entry point: ``deepspeed pretrain.py --config configs/X.yaml [key.sub=value ...]``.
+
+Also runs under ``torchrun`` and as plain ``python pretrain.py`` (one process).
+"""
+
+import sys
+
+from pretrain.main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

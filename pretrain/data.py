@@ -1,0 +1,131 @@
+"""Training and validation data: packed token sequences from MDS shards.
+
+The data directory is what ``python -m data_prep tokenize`` writes:
+``manifest.json`` plus MDS datasets ``train/`` and ``val/`` whose samples hold
+``seq_len + 1`` token ids each. A training sample of length ``L`` gives inputs
+``tokens[:L]`` and targets ``tokens[1:L+1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+SPLITS = ("train", "val")
+
+
+@dataclass
+class DataConfig:
+    path: str  # directory written by `python -m data_prep tokenize`
+    tokenizer: Optional[str] = None  # sentencepiece .model; default: the one the manifest names
+    seq_len: Optional[int] = None  # training context; default (and maximum): the shards' seq_len
+    shuffle: bool = True
+    num_workers: int = 0  # DataLoader worker processes per rank
+    validate_hash: bool = True  # check each shard's sha1 on first read (corruption is an error)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.seq_len is not None and self.seq_len < 1:
+            problems.append(("seq_len", "an integer >= 1"))
+        if self.num_workers < 0:
+            problems.append(("num_workers", "an integer >= 0"))
+        return problems
+
+    # -- checks against the files, run before any work ------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        from data_prep.manifest import read_manifest
+
+        return read_manifest(self.path)
+
+    def check_files(self) -> list[tuple[str, Any, str]]:
+        """(key, value, expected) problems with the data directory and tokenizer."""
+        root = Path(self.path)
+        if not root.is_dir():
+            return [("path", self.path, "an existing directory written by `python -m data_prep tokenize` (not found)")]
+        mpath = root / "manifest.json"
+        try:
+            manifest = self.manifest()
+        except FileNotFoundError:
+            return [("path", self.path, f"a data directory with manifest.json ({mpath} not found; run `python -m data_prep tokenize`)")]
+        except (ValueError, OSError) as e:
+            return [("path", self.path, f"a valid dataset manifest ({e})")]
+        problems = []
+        for split in SPLITS:
+            if not (root / split / "index.json").is_file():
+                problems.append(("path", self.path, f"MDS split {split!r} at {root / split}/index.json (not found)"))
+        shard_len = manifest.get("seq_len")
+        if self.seq_len is not None and isinstance(shard_len, int) and self.seq_len > shard_len:
+            problems.append(("seq_len", self.seq_len, f"at most the shards' seq_len {shard_len} (from {mpath})"))
+        tok = self.tokenizer_path(manifest)
+        if tok is None or not Path(tok).is_file():
+            key = "tokenizer" if self.tokenizer else "path"
+            problems.append((key, self.tokenizer or self.path, f"an existing sentencepiece model file ({tok} not found)"))
+        return problems
+
+    def tokenizer_path(self, manifest: Optional[dict[str, Any]] = None) -> Optional[str]:
+        if self.tokenizer:
+            return self.tokenizer
+        manifest = manifest if manifest is not None else self.manifest()
+        tok = manifest.get("tokenizer", {})
+        return tok.get("path") if isinstance(tok, dict) else None
+
+    # -- loaders ---------------------------------------------------------------------------
+    def build_train_loader(self, micro_batch_size: int, seed: int):
+        """A StreamingDataLoader over the train split, sharded over ranks, shuffled by ``seed``.
+
+        Its ``state_dict()`` is the data position to checkpoint; load it into a
+        loader built by this same method to resume.
+        """
+        from streaming import StreamingDataLoader, StreamingDataset
+
+        ds = StreamingDataset(
+            local=str(Path(self.path) / "train"),
+            shuffle=self.shuffle,
+            shuffle_seed=seed,
+            batch_size=micro_batch_size,
+            validate_hash="sha1" if self.validate_hash else None,
+            replication=None,
+        )
+        return StreamingDataLoader(
+            ds,
+            batch_size=micro_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_tokens,
+            drop_last=True,
+            persistent_workers=False,
+        )
+
+    def build_val_dataset(self):
+        from streaming import StreamingDataset
+
+        return StreamingDataset(
+            local=str(Path(self.path) / "val"),
+            shuffle=False,
+            batch_size=1,
+            validate_hash="sha1" if self.validate_hash else None,
+        )
+
+
+def collate_tokens(samples: list[dict[str, Any]]):
+    """Stack samples' ``tokens`` into one int64 tensor [B, seq_len + 1]."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
+
+
+def endless(loader) -> Iterator[Any]:
+    """Batches from ``loader``, epoch after epoch."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the training split yields no batch for this rank: too few samples for the batch size and world size")
+
+
+def split_batch(tokens, seq_len: int):
+    """(inputs, targets), each [B, seq_len], from packed samples [B, >= seq_len + 1]."""
+    return tokens[:, :seq_len], tokens[:, 1 : seq_len + 1]

@@ -1,0 +1,125 @@
+"""Process-group set-up for every launcher: ``deepspeed``, ``torchrun`` or plain ``python``.
+
+The accelerator is picked automatically: CUDA (NCCL) when a GPU is visible,
+otherwise CPU (gloo) with DeepSpeed's CPU accelerator.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: str  # "cuda:N" or "cpu"
+    backend: str  # "nccl" or "gloo"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_from_env() -> tuple[int, int, int, int]:
+    """(rank, world_size, local_rank, local_world_size) as the launcher set them.
+
+    A plain ``python pretrain.py`` is a world of one; the variables are then
+    filled in so that torch.distributed and mosaicml-streaming agree with it.
+    DeepSpeed's launcher sets ``LOCAL_SIZE`` where torchrun sets
+    ``LOCAL_WORLD_SIZE`` (which streaming reads), so the latter is derived.
+    """
+    env = os.environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+    if "LOCAL_WORLD_SIZE" not in env:
+        env["LOCAL_WORLD_SIZE"] = env.get("LOCAL_SIZE", env["WORLD_SIZE"])
+    return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"])
+
+
+def select_accelerator() -> str:
+    """Tell DeepSpeed which accelerator to use before it is imported; returns it."""
+    import torch
+
+    accel = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.setdefault("DS_ACCELERATOR", accel)
+    return os.environ["DS_ACCELERATOR"]
+
+
+def init_distributed() -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed and pin threads/devices."""
+    import torch
+
+    rank, world, local_rank, local_world = world_from_env()
+    accel = select_accelerator()
+    import deepspeed
+
+    if accel == "cuda":
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        # Share the cores among the ranks of this node instead of oversubscribing.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        device, backend = "cpu", "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return DistInfo(rank, world, local_rank, local_world, device, backend)
+
+
+def all_reduce_mean(values: list[float], device: str) -> list[float]:
+    """Mean over ranks of a few scalars, in one collective."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def all_reduce_sum(values: list[float], device: str) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def release_shared_memory(dist: DistInfo) -> None:
+    """Remove DeepSpeed's CPU all-reduce buffers in /dev/shm (it never does; ~66 MB per rank).
+
+    Called once every rank is past its last collective: unlinking is safe while
+    the other ranks still have the buffer mapped.
+    """
+    if dist.device != "cpu" or dist.local_rank != 0:
+        return
+    import glob
+
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,162 @@
+"""``pretrain.py --config run.yaml [key.sub=value ...]``: check everything, then train.
+
+Works under ``deepspeed``, ``torchrun`` and plain ``python`` (a world of one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import ConfigError, Sources
+from .distributed import DistInfo, world_from_env
+
+EXIT_CONFIG_ERROR = 2
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="pretrain.py",
+        description="Pretrain a GPT with DeepSpeed. Settings come from the YAML; "
+        "override any of them with dotted KEY=VALUE arguments, e.g. optimizer.lr=3e-4 train.max_steps=100.",
+    )
+    p.add_argument("--config", required=True, help="run YAML (see configs/)")
+    p.add_argument("--dry-run", action="store_true", help="check the config and print the plan; do not train")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def load_and_check(config_path: str, overrides: Sequence[str], world_size: int):
+    """The resolved RunConfig and DeepSpeed dict, or ConfigError naming every problem."""
+    from .run_config import load_run_config, resolve
+
+    sources = Sources(config_path)
+    cfg = load_run_config(config_path, list(overrides), sources)
+    return resolve(cfg, world_size, sources)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    rank, world_size, _, _ = world_from_env()
+    try:
+        cfg, ds_config = load_and_check(args.config, args.overrides, world_size)
+    except ConfigError as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.dry_run:
+        if rank == 0:
+            print(plan_text(cfg, world_size))
+        return 0
+    from .distributed import barrier, init_distributed, release_shared_memory
+
+    dist = init_distributed()
+    try:
+        run(cfg, ds_config, dist)
+        barrier()
+    finally:
+        release_shared_memory(dist)
+        import torch.distributed
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def plan_text(cfg, world_size: int) -> str:
+    m, t = cfg.model, cfg.train
+    n_params = m.num_params()
+    tokens_per_step = t.global_batch_size * cfg.seq_len
+    total_tokens = tokens_per_step * t.max_steps
+    flops = m.flops_per_token(cfg.seq_len) * total_tokens
+    warmup = cfg.schedule.warmup_for(t.max_steps)
+    return (
+        f"plan: {n_params / 1e6:.2f}M parameters ({m.num_params(include_embeddings=False) / 1e6:.2f}M non-embedding), "
+        f"{t.max_steps} steps x {t.global_batch_size} seqs x {cfg.seq_len} tokens = {total_tokens:,} tokens "
+        f"({total_tokens / n_params:.2f} tokens/param), warmup {warmup} steps, schedule {cfg.schedule.name}, "
+        f"world {world_size} x micro {t.micro_batch_size} x accum {t.grad_accum}, {t.precision}, "
+        f"~{flops:.3g} FLOPs"
+    )
+
+
+def run(cfg, ds_config: dict, dist: DistInfo) -> None:
+    import deepspeed
+    import torch
+    import yaml
+
+    from .checkpoint import Checkpointer
+    from .data import endless
+    from .model.param_groups import param_groups
+    from .training.callbacks import CheckpointCallback, EvalCallback, MetricsLogger
+    from .training.loop import TrainContext, train
+    from .training.state import TrainState
+
+    _quiet_deepspeed(dist)
+    out = cfg.out_dir
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        print(plan_text(cfg, dist.world_size), flush=True)
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = cfg.model.build()
+    groups = param_groups(model, cfg.optimizer.weight_decay, cfg.optimizer.embedding_weight_decay)
+    optimizer = cfg.optimizer.build(groups)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs between ranks
+
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
+    loader = cfg.data.build_train_loader(cfg.train.micro_batch_size, cfg.train.seed)
+    val = cfg.data.build_val_dataset()
+
+    state = TrainState(max_steps=cfg.train.max_steps)
+    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash())
+    tag = checkpointer.latest() if cfg.checkpoint.resume else None
+    if tag is not None:
+        saved = checkpointer.load(engine, tag)
+        state.step, state.tokens = saved["state"]["step"], saved["state"]["tokens"]
+        if saved.get("data") is not None:
+            loader.load_state_dict(saved["data"])
+        if dist.is_main:
+            print(f"resumed from {checkpointer.root / tag} at step {state.step}", flush=True)
+
+    ctx = TrainContext(
+        engine=engine,
+        state=state,
+        dist=dist,
+        seq_len=cfg.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        tokens_per_step=cfg.train.global_batch_size * cfg.seq_len,
+    )
+    callbacks = [
+        EvalCallback(val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
+        CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader),
+        MetricsLogger(out, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
+    ]
+    schedule = cfg.schedule.build(cfg.train.max_steps)
+    train(ctx, endless(loader), schedule, cfg.train.grad_accum, callbacks)
+
+    if dist.is_main:
+        from .plot import plot_run
+
+        png = plot_run(out)
+        print(f"done: {state.step} steps, {state.tokens:,} tokens; loss curve {png}", flush=True)
+
+
+def _quiet_deepspeed(dist: DistInfo) -> None:
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Decoder-only transformer (GPT / Llama family).
+
+One small, dependency-free file in the spirit of nanoGPT's ``model.py``:
+a typed config dataclass, then the modules in forward order.
+
+* Weight initialization lives in :mod:`pretrain.model.init` (``GPT.__init__``
+  only calls into it); optimizer groups live in :mod:`pretrain.model.param_groups`.
+* No DeepSpeed, no muP, no loss here: ``GPT.forward`` maps token ids to logits.
+* Precision: the model runs in plain fp32, or with every parameter cast to bf16
+  (what DeepSpeed's bf16 mode does). It registers **no buffers**: RoPE tables
+  and the ALiBi bias are built in fp32 on the fly (and cached in plain dicts,
+  invisible to ``.to()``/DeepSpeed), so casting the module never degrades them.
+  Norms and RoPE compute in fp32 and cast back to the activation dtype.
+
+Shape legend: B batch, T sequence, D d_model, H query heads, K kv heads,
+Dh head_dim, F ffn_dim, V vocab_size.
+"""
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal, Optional, get_args, get_type_hints
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.model.init import init_weights
+
+
+@dataclass
+class GPTConfig:
+    """Architecture hyper-parameters. Defaults describe a small model.
+
+    Only simple typed fields (the run-config loader validates YAML values
+    against these type hints).
+    """
+
+    vocab_size: Optional[int] = None  # None = taken from the tokenizer (resolved before build)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # GQA; None = n_heads (plain multi-head attention)
+    d_ff: Optional[int] = None  # MLP hidden size; None = see `ffn_dim`
+    max_seq_len: int = 256
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    pos: Literal["rope", "alibi"] = "rope"
+    rope_base: float = 10000.0
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE
+    tie_embeddings: bool = False  # lm_head.weight is tok_emb.weight
+    bias: bool = False  # biases in the Linear layers (norms never have a bias)
+    dropout: float = 0.0  # embedding, attention-probability and residual dropout
+    activation_checkpointing: bool = False  # recompute each block in backward (training only)
+    init_std: float = 0.02
+
+    # ---- derived sizes -------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_kv(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """MLP hidden size: `d_ff` if set; else 4*d_model (gelu) or
+        int(8/3*d_model) rounded up to a multiple of 64 (swiglu, Llama convention,
+        keeps the parameter count ~ that of a 4x gelu MLP)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "gelu":
+            return 4 * self.d_model
+        hidden = int(8 * self.d_model / 3)
+        return 64 * math.ceil(hidden / 64)
+
+    # ---- validation ----------------------------------------------------------------
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Return ``[(field_name, what_was_expected), ...]``; empty when valid.
+
+        ``vocab_size=None`` is valid here (it is resolved from the tokenizer later);
+        :meth:`build` refuses it.
+        """
+        problems: list[tuple[str, str]] = []
+
+        def positive(name: str) -> bool:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append((name, "> 0"))
+                return False
+            return True
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
+                     "max_seq_len", "norm_eps", "rope_base", "init_std"):
+            positive(name)
+
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+            if choices and getattr(self, f.name) not in choices:
+                problems.append((f.name, "one of " + ", ".join(repr(c) for c in choices)))
+
+        if self.d_model > 0 and self.n_heads > 0:
+            if self.d_model % self.n_heads:
+                problems.append(("n_heads", f"a divisor of d_model={self.d_model}"))
+            elif self.pos == "rope" and self.head_dim % 2:
+                problems.append(("n_heads", f"such that head_dim = d_model/n_heads is even for "
+                                            f"pos='rope' (d_model={self.d_model} gives head_dim="
+                                            f"{self.head_dim})"))
+            if self.n_kv_heads is not None and self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
+                problems.append(("n_kv_heads", f"a divisor of n_heads={self.n_heads}"))
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(("dropout", "in [0, 1)"))
+        return problems
+
+    def build(self) -> "GPT":
+        """Validate, construct and initialize (call ``torch.manual_seed`` first for determinism)."""
+        return GPT(self)
+
+    # ---- analytic sizes ------------------------------------------------------------
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Exact trainable-parameter count of ``self.build()``, without allocating.
+
+        Tied weights count once. ``include_embeddings=False`` leaves out the token
+        embedding and the (untied) lm_head matrix.
+        """
+        D, Dh, H, K, F_, V = self.d_model, self.head_dim, self.n_heads, self.n_kv, self.ffn_dim, self.vocab_size
+        attn = D * H * Dh + 2 * D * K * Dh + H * Dh * D  # wq, wk, wv, wo
+        if self.bias:
+            attn += H * Dh + 2 * K * Dh + D
+        if self.qk_norm:
+            attn += 2 * Dh
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        mlp = n_mats * D * F_
+        if self.bias:
+            mlp += (n_mats - 1) * F_ + D
+        per_layer = attn + mlp + 2 * D  # + the two pre-norm weights
+        total = self.n_layers * per_layer + D  # + final norm
+        if include_embeddings:
+            if V is None:
+                raise ValueError("GPTConfig.vocab_size is None: cannot count embedding parameters")
+            total += V * D * (1 if self.tie_embeddings else 2)
+        return total
+
+    def flops_per_token(self, seq_len: int, include_lm_head: bool = True) -> float:
+        """Training FLOPs (forward + backward) per token, PaLM / Chinchilla approximation::
+
+            6 * N + 12 * n_layers * d_model * seq_len
+
+        where ``N`` counts the parameters that take part in a matmul per token: the
+        non-embedding parameters (``num_params(include_embeddings=False)``) plus,
+        by default, the lm_head projection ``vocab_size * d_model`` (a real matmul
+        whether tied or not; pass ``include_lm_head=False`` for the strict
+        non-embedding variant). The second term is the attention score/value
+        matmuls (QK^T and AV, not halved for causality). Use for MFU estimates.
+        """
+        n = self.num_params(include_embeddings=False)
+        if include_lm_head:
+            if self.vocab_size is None:
+                raise ValueError("GPTConfig.vocab_size is None: cannot count lm_head FLOPs")
+            n += self.vocab_size * self.d_model
+        return 6.0 * n + 12.0 * self.n_layers * self.d_model * seq_len
+
+
+def check_buildable(config: GPTConfig) -> None:
+    """Raise ValueError if ``config`` cannot be built (invalid or vocab_size unresolved)."""
+    if config.vocab_size is None:
+        raise ValueError("GPTConfig.vocab_size is None: it must be set (normally from the "
+                         "tokenizer's vocabulary size) before building the model")
+    problems = config.validate()
+    if problems:
+        lines = [f"  {name}: expected {expected}, got {getattr(config, name)!r}" for name, expected in problems]
+        raise ValueError("invalid GPTConfig:\n" + "\n".join(lines))
+
+
+# ---- normalization -------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a gain only; computed in fp32, returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim] -> [..., dim]
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a gain and no bias; computed in fp32, returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim] -> [..., dim]
+        return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), None, self.eps).to(x.dtype)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    cls = RMSNorm if config.norm == "rmsnorm" else LayerNorm
+    return cls(dim, config.norm_eps)
+
+
+# ---- positions: RoPE and ALiBi (fp32, never registered as buffers) -----------------------
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``(cos, sin)``, each [T, Dh], "rotate-half" layout (GPT-NeoX / HF Llama)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)  # [T, Dh/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, T, H, Dh] by position; math in fp32, result in ``x.dtype``."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, Dh] broadcasts over B and H
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """Per-head ALiBi slopes (Press et al. 2022): geometric sequence starting at
+    2^(-8/n) for power-of-2 n; otherwise the closest power of 2 plus every other
+    slope of the 2x sequence (the paper's reference implementation)."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_2(n_heads)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(closest) + power_of_2(2 * closest)[0::2][: n_heads - closest]
+
+
+def alibi_bias(seq_len: int, n_heads: int, device: torch.device) -> torch.Tensor:
+    """fp32 additive attention bias [1, H, T, T]: -slope*(i-j) for j <= i, -inf above the diagonal."""
+    slopes = torch.tensor(alibi_slopes(n_heads), device=device, dtype=torch.float32)
+    pos = torch.arange(seq_len, device=device, dtype=torch.float32)
+    distance = pos[None, :] - pos[:, None]  # [T, T], (j - i) <= 0 on and below the diagonal
+    bias = slopes[:, None, None] * distance  # [H, T, T]
+    causal = torch.ones(seq_len, seq_len, device=device, dtype=torch.bool).triu(1)
+    return bias.masked_fill(causal, float("-inf"))[None]
+
+
+# ---- blocks --------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Causal self-attention via SDPA, with GQA, optional QK-norm, RoPE or ALiBi."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.n_kv, config.head_dim
+        D, Dh = config.d_model, config.head_dim
+        self.wq = nn.Linear(D, self.n_heads * Dh, bias=config.bias)
+        self.wk = nn.Linear(D, self.n_kv * Dh, bias=config.bias)
+        self.wv = nn.Linear(D, self.n_kv * Dh, bias=config.bias)
+        self.wo = nn.Linear(self.n_heads * Dh, D, bias=config.bias)  # residual output projection
+        self.q_norm = RMSNorm(Dh, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(Dh, config.norm_eps) if config.qk_norm else None
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, D]
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],  # fp32 (cos, sin) [T, Dh], or None
+        attn_bias: Optional[torch.Tensor],  # [1, H, T, T] additive causal bias in x.dtype, or None
+    ) -> torch.Tensor:  # [B, T, D]
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # [B, T, H, Dh]
+        k = self.wk(x).view(B, T, self.n_kv, self.head_dim)  # [B, T, K, Dh]
+        v = self.wv(x).view(B, T, self.n_kv, self.head_dim)  # [B, T, K, Dh]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H|K, T, Dh]
+        if self.n_kv != self.n_heads:  # GQA: query head h reads kv head h // (H/K)
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)  # [B, H, T, Dh]
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_bias,
+            is_causal=attn_bias is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # [B, H, T, Dh]
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*Dh]
+        return self.resid_dropout(self.wo(y))
+
+
+class MLP(nn.Module):
+    """SwiGLU (w1 gate, w3 up, w2 down) or GELU (w1 up, w2 down); w2 is the residual projection."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        D, F_ = config.d_model, config.ffn_dim
+        self.swiglu = config.mlp == "swiglu"
+        self.w1 = nn.Linear(D, F_, bias=config.bias)
+        self.w3 = nn.Linear(D, F_, bias=config.bias) if self.swiglu else None
+        self.w2 = nn.Linear(F_, D, bias=config.bias)  # residual output projection
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
+        if self.swiglu:
+            h = F.silu(self.w1(x)) * self.w3(x)  # [B, T, F]
+        else:
+            h = F.gelu(self.w1(x))  # [B, T, F]
+        return self.dropout(self.w2(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.attn_norm = make_norm(config, config.d_model)
+        self.attn = Attention(config)
+        self.mlp_norm = make_norm(config, config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, attn_bias):  # [B, T, D] -> [B, T, D]
+        x = x + self.attn(self.attn_norm(x), rope, attn_bias)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """Token ids [B, T] -> next-token logits [B, T, V] (no loss; the trainer computes it)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        check_buildable(config)
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = make_norm(config, config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        # Plain-dict caches (NOT buffers: DeepSpeed bf16 would cast buffers to bf16).
+        self._rope_cache: dict = {}  # (T, device) -> fp32 (cos, sin)
+        self._alibi_cache: dict = {}  # (T, device, dtype) -> [1, H, T, T]
+        init_weights(self, config)
+
+    def rope(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 RoPE tables [T, Dh] for this model, cached per (seq_len, device)."""
+        key = (seq_len, torch.device(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(seq_len, self.config.head_dim, self.config.rope_base, device)
+        return self._rope_cache[key]
+
+    def alibi(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Causal ALiBi bias [1, H, T, T], built in fp32 then cast to ``dtype`` (SDPA wants q's dtype)."""
+        key = (seq_len, torch.device(device), dtype)
+        if key not in self._alibi_cache:
+            self._alibi_cache[key] = alibi_bias(seq_len, self.config.n_heads, device).to(dtype)
+        return self._alibi_cache[key]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # [B, T] int64 -> [B, T, V]
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        x = self.emb_dropout(self.tok_emb(idx))  # [B, T, D], parameter dtype
+        rope = self.rope(T, idx.device) if self.config.pos == "rope" else None
+        attn_bias = self.alibi(T, idx.device, x.dtype) if self.config.pos == "alibi" else None
+        use_ckpt = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if use_ckpt:
+                x = checkpoint(block, x, rope, attn_bias, use_reentrant=False)
+            else:
+                x = block(x, rope, attn_bias)
+        return self.lm_head(self.norm(x))  # [B, T, V]

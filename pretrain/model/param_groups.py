@@ -1,0 +1,53 @@
+"""Optimizer parameter groups for :class:`pretrain.model.gpt.GPT`.
+
+Groups (empty ones are dropped; every trainable parameter is in exactly one):
+
+=========  =====================================================  ================
+name       parameters                                             weight_decay
+=========  =====================================================  ================
+decay      hidden weight matrices (attention q/k/v/o, MLP)        ``weight_decay``
+no_decay   norm gains and all biases                              0.0
+embed      token embedding (also the lm_head when tied)           ``weight_decay`` if
+                                                                  ``embedding_weight_decay`` else 0.0
+lm_head    untied output projection                               ``weight_decay``
+=========  =====================================================  ================
+
+The untied lm_head is a weight matrix and is decayed like the hidden matrices,
+but it gets its own group because muP treats the output layer differently
+(its own lr multiplier). Each group carries ``"lr_mult": 1.0``; the LR scheduler
+must set ``group["lr"] = lr * group["lr_mult"]``. A muP module can rewrite
+``lr_mult`` per group (or per ``name``) without touching this file.
+Extra keys ("name", "lr_mult") are preserved by torch optimizers.
+"""
+
+from torch import nn
+
+from pretrain.model.init import param_kind
+
+_GROUP_OF_KIND = {
+    "hidden": "decay",
+    "residual_proj": "decay",
+    "norm": "no_decay",
+    "bias": "no_decay",
+    "embedding": "embed",
+    "lm_head": "lm_head",
+}
+
+
+def param_groups(model: nn.Module, weight_decay: float, embedding_weight_decay: bool = False) -> list[dict]:
+    """Return optimizer param groups ``[{"name", "params", "weight_decay", "lr_mult"}, ...]``."""
+    decays = {
+        "decay": weight_decay,
+        "no_decay": 0.0,
+        "embed": weight_decay if embedding_weight_decay else 0.0,
+        "lm_head": weight_decay,
+    }
+    params: dict[str, list[nn.Parameter]] = {name: [] for name in decays}
+    for name, p in model.named_parameters():  # tied weights appear once
+        if p.requires_grad:
+            params[_GROUP_OF_KIND[param_kind(name, p)]].append(p)
+    return [
+        {"name": name, "params": params[name], "weight_decay": wd, "lr_mult": 1.0}
+        for name, wd in decays.items()
+        if params[name]
+    ]

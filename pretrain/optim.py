@@ -1,0 +1,47 @@
+"""The optimizer: AdamW with decoupled weight decay over the model's param groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw"] = "adamw"
+    lr: float = 3e-4  # peak LR of a group with lr_mult 1; the schedule multiplies it
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); applied to hidden matrices only
+    embedding_weight_decay: bool = False
+    grad_clip: float = 1.0  # global gradient norm; 0 disables clipping
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.lr > 0:
+            problems.append(("lr", "a learning rate > 0"))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            problems.append(("betas", "two numbers in [0, 1), e.g. [0.9, 0.95]"))
+        if not self.eps > 0:
+            problems.append(("eps", "a number > 0"))
+        if self.weight_decay < 0:
+            problems.append(("weight_decay", "a number >= 0"))
+        if self.grad_clip < 0:
+            problems.append(("grad_clip", "a norm >= 0 (0 disables clipping)"))
+        return problems
+
+    def build(self, groups: list[dict[str, Any]]):
+        """An optimizer over ``groups`` (dicts with params, weight_decay, lr_mult, name).
+
+        Each group keeps its own ``base_lr = lr * lr_mult``; the schedule sets
+        ``lr = base_lr * multiplier`` before every update.
+        """
+        import torch
+
+        param_groups = []
+        for g in groups:
+            base_lr = self.lr * g.get("lr_mult", 1.0)
+            param_groups.append({**g, "lr": base_lr, "base_lr": base_lr})
+        return torch.optim.AdamW(
+            param_groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay
+        )

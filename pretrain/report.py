@@ -1,0 +1,80 @@
+"""Summarise a finished run: where its outputs are, and its loss against a unigram baseline.
+
+    python -m pretrain.report RUN_DIR
+
+The unigram baseline is the cross-entropy of the validation tokens under the
+train split's token frequencies (add-1/2 smoothing): the loss of a model that
+ignores context. A trained LM must land clearly below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import yaml
+
+from .training.callbacks import read_metrics
+
+
+def unigram_baseline(data_dir: str | Path) -> float:
+    """Cross-entropy (nats/token) of the val split under the train split's unigram distribution."""
+    import numpy as np
+
+    from data_prep import token_counts
+
+    train = np.asarray(token_counts(data_dir, "train"), dtype=np.float64)
+    val = np.asarray(token_counts(data_dir, "val"), dtype=np.float64)
+    size = max(len(train), len(val))
+    train = np.pad(train, (0, size - len(train)))
+    val = np.pad(val, (0, size - len(val)))
+    p = (train + 0.5) / (train.sum() + 0.5 * size)
+    return float(-(val * np.log(p)).sum() / val.sum())
+
+
+def report(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    records = read_metrics(run_dir)
+    vals = [r for r in records if "val_loss" in r]
+    baseline = unigram_baseline(cfg["data"]["path"])
+    from .plot import plot_run
+
+    png = plot_run(run_dir, baseline=baseline)
+    ckpt_dir = Path(cfg["checkpoint"]["dir"] or run_dir / "checkpoints")
+    final = vals[-1]["val_loss"] if vals else float("nan")
+    out = {
+        "steps": records[-1]["step"],
+        "tokens": records[-1]["tokens"],
+        "final_train_loss": records[-1]["loss"],
+        "final_val_loss": final,
+        "unigram_val_loss": baseline,
+        "ratio": final / baseline,
+        "plot": str(png),
+    }
+    print(f"run directory    {run_dir}")
+    print(f"  config         {run_dir / 'config.yaml'}  (DeepSpeed: {run_dir / 'ds_config.json'})")
+    print(f"  metrics        {run_dir / 'metrics.jsonl'}  ({len(records)} steps)")
+    print(f"  tensorboard    {run_dir / 'tensorboard'}")
+    print(f"  checkpoints    {ckpt_dir}  (latest: {(ckpt_dir / 'latest').read_text().strip() if (ckpt_dir / 'latest').exists() else 'none'})")
+    print(f"  loss curve     {png}")
+    print(f"trained {out['steps']} steps, {out['tokens']:,} tokens")
+    print(
+        f"final validation loss {final:.4f} nats/token (ppl {math.exp(final):.1f}) vs unigram baseline "
+        f"{baseline:.4f} (ppl {math.exp(baseline):.1f}): ratio {out['ratio']:.3f}"
+    )
+    print(f"view the curves: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    report(args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

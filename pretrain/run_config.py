@@ -1,0 +1,272 @@
+"""The run configuration: one YAML file per run, one typed section per component.
+
+``load_run_config(path, overrides)`` reads the YAML, applies dotted overrides,
+builds the typed sections and checks them; ``resolve(cfg, world_size)`` then
+checks the config against the files it names (data, tokenizer, DeepSpeed JSON)
+and the world size, and returns the DeepSpeed config to use. Both raise one
+ConfigError listing every problem before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from .config import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
+from .data import DataConfig
+from .model.gpt import GPTConfig
+from .optim import OptimizerConfig
+from .schedules import ScheduleConfig
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int  # optimizer updates in the run
+    global_batch_size: int  # sequences per optimizer update, over all ranks
+    micro_batch_size: int  # sequences per rank per forward/backward
+    grad_accum: Optional[int] = None  # default: global / (micro * world size)
+    seed: int = 1234
+    precision: Literal["bf16", "fp32"] = "bf16"
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for name in ("max_steps", "global_batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append((name, "an integer >= 1"))
+        if self.grad_accum is not None and self.grad_accum < 1:
+            problems.append(("grad_accum", "an integer >= 1, or null to derive it"))
+        return problems
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 100  # validate every N updates (and always after the last); 0: only at the end
+    max_samples: int = 256  # validation sequences (over all ranks), the same fixed ones every time
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.interval < 0:
+            problems.append(("interval", "an integer >= 0"))
+        if self.max_samples < 1:
+            problems.append(("max_samples", "an integer >= 1"))
+        return problems
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # default: <run_dir>/checkpoints
+    interval: int = 0  # save every N updates; 0: only at the end
+    keep_last: int = 2  # complete checkpoints kept (older ones are pruned)
+    resume: bool = True  # continue from the newest complete checkpoint in `dir` if there is one
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.interval < 0:
+            problems.append(("interval", "an integer >= 0"))
+        if self.keep_last < 1:
+            problems.append(("keep_last", "an integer >= 1"))
+        return problems
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10  # console progress line every N updates
+    tensorboard: bool = True
+
+    def validate(self) -> list[tuple[str, str]]:
+        return [("interval", "an integer >= 1")] if self.interval < 1 else []
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "ds_configs/zero2_bf16.json"  # ZeRO/precision settings; batch keys are filled in or checked
+
+
+@dataclass
+class RunConfig:
+    name: str
+    data: DataConfig
+    train: TrainConfig
+    run_dir: Optional[str] = None  # default: runs/<name>
+    model: GPTConfig = field(default_factory=GPTConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.out_dir / "checkpoints"
+
+    @property
+    def seq_len(self) -> int:
+        assert self.data.seq_len is not None, "resolve() fills data.seq_len"
+        return self.data.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _expand_model_preset(data: dict[str, Any], sources: Sources) -> None:
+    """``model: {preset: NAME, ...}``: the preset's fields, then the given keys on top."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "preset" not in model:
+        return
+    from .model.presets import PRESETS
+
+    name = model["preset"]
+    if name not in PRESETS:
+        raise ConfigError([f"{sources.of('model.preset')}: model.preset = {name!r}: expected one of: {', '.join(sorted(PRESETS))}"])
+    base = to_dict(PRESETS[name]())
+    base.update({k: v for k, v in model.items() if k != "preset"})
+    data["model"] = base
+
+
+def load_run_config(path: str | Path, overrides: list[str] = (), sources: Optional[Sources] = None) -> RunConfig:
+    """Read ``path``, apply ``key.sub=value`` overrides, and build the typed config.
+
+    ``sources``, if given, is filled with where each key came from (for resolve's messages).
+    """
+    sources = sources if sources is not None else Sources(str(path))
+    data = load_yaml(path)
+    apply_overrides(data, overrides, sources)
+    _expand_model_preset(data, sources)
+    return from_dict(RunConfig, data, sources)
+
+
+def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    data = json.loads(json.dumps(data))  # a private copy
+    sources = Sources(source)
+    _expand_model_preset(data, sources)
+    return from_dict(RunConfig, data, sources)
+
+
+# -- cross-checks against files and the world size -----------------------------------------
+
+DS_BATCH_KEYS = {
+    "train_batch_size": "train.global_batch_size",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "gradient_clipping": "optimizer.grad_clip",
+}
+
+
+def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>") -> tuple[RunConfig, dict[str, Any]]:
+    """Check ``cfg`` against its files and ``world_size``; fill derived values.
+
+    Returns the resolved config (data.seq_len, model.vocab_size and
+    train.grad_accum filled in) and the DeepSpeed config dict. Raises one
+    ConfigError naming every problem.
+    """
+    sources = source if isinstance(source, Sources) else Sources(source)
+    problems = Problems(sources)
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data),
+        model=dataclasses.replace(cfg.model),
+        train=dataclasses.replace(cfg.train),
+    )
+
+    # Data directory, manifest, tokenizer.
+    file_problems = cfg.data.check_files()
+    for key, value, expected in file_problems:
+        problems.add(f"data.{key}", value, expected)
+    if not file_problems:
+        manifest = cfg.data.manifest()
+        if cfg.data.seq_len is None:
+            cfg.data.seq_len = int(manifest["seq_len"])
+        vocab = int(manifest["vocab_size"])
+        if cfg.model.vocab_size is None:
+            cfg.model.vocab_size = vocab
+        elif cfg.model.vocab_size < vocab:
+            problems.add("model.vocab_size", cfg.model.vocab_size, f"at least the tokenizer's vocabulary size {vocab}")
+        if cfg.data.seq_len > cfg.model.max_seq_len:
+            problems.add("data.seq_len", cfg.data.seq_len, f"at most model.max_seq_len = {cfg.model.max_seq_len}")
+
+    # Batch arithmetic.
+    t = cfg.train
+    per_step = t.micro_batch_size * world_size
+    if t.grad_accum is None:
+        if t.global_batch_size % per_step:
+            problems.add(
+                "train.global_batch_size",
+                t.global_batch_size,
+                f"a multiple of train.micro_batch_size ({t.micro_batch_size}) x world size ({world_size}) = {per_step}",
+            )
+        else:
+            t.grad_accum = t.global_batch_size // per_step
+    elif t.micro_batch_size * t.grad_accum * world_size != t.global_batch_size:
+        problems.add(
+            "train.global_batch_size",
+            t.global_batch_size,
+            f"train.micro_batch_size ({t.micro_batch_size}) x train.grad_accum ({t.grad_accum}) x world size "
+            f"({world_size}) = {t.micro_batch_size * t.grad_accum * world_size}",
+        )
+
+    # Schedule fits the run.
+    warmup = cfg.schedule.warmup_for(t.max_steps)
+    if warmup > t.max_steps:
+        problems.add("schedule.warmup_steps", warmup, f"at most train.max_steps = {t.max_steps}")
+
+    ds_config = _deepspeed_config(cfg, problems)
+    problems.raise_if_any()
+    return cfg, ds_config
+
+
+def _deepspeed_config(cfg: RunConfig, problems: Problems) -> dict[str, Any]:
+    """The DeepSpeed JSON with our batch/precision values; a contradiction is a problem."""
+    path = Path(cfg.deepspeed.config)
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        problems.add("deepspeed.config", str(path), "an existing DeepSpeed JSON file (not found)")
+        return {}
+    except (json.JSONDecodeError, OSError) as e:
+        problems.add("deepspeed.config", str(path), f"a readable JSON file ({e})")
+        return {}
+    if not isinstance(ds, dict):
+        problems.add("deepspeed.config", str(path), "a JSON object at the top level")
+        return {}
+    for owned in ("optimizer", "scheduler"):
+        if owned in ds:
+            problems.add_raw(
+                "deepspeed.config",
+                f"{path}: key {owned!r} must not be set: the run config's `{'optimizer' if owned == 'optimizer' else 'schedule'}` section owns it",
+            )
+    ours = {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": cfg.optimizer.grad_clip,
+    }
+    for key, value in ours.items():
+        if key in ds and value is not None and ds[key] != value:
+            problems.add(
+                DS_BATCH_KEYS[key], value, f"the same value as {key} = {ds[key]!r} in {path} (they contradict; change one)"
+            )
+        ds[key] = value
+    bf16 = bool(ds.get("bf16", {}).get("enabled", False))
+    fp16 = bool(ds.get("fp16", {}).get("enabled", False))
+    if fp16:
+        problems.add_raw("deepspeed.config", f"{path}: fp16.enabled is true: this pipeline trains in bf16 or fp32, not fp16")
+    want_bf16 = cfg.train.precision == "bf16"
+    if "bf16" in ds and bf16 != want_bf16:
+        problems.add("train.precision", cfg.train.precision, f"the same precision as bf16.enabled = {bf16} in {path}")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": want_bf16}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

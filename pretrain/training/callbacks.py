@@ -1,0 +1,196 @@
+"""Callbacks: evaluation, checkpointing and logging, run after every update in that order.
+
+Each callback is built with its own settings and gets the loop's
+``TrainContext`` and the step's metrics dict; an earlier callback may add to
+the dict (evaluation adds ``val_loss``) for a later one to log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..distributed import all_reduce_sum
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpointer
+    from .loop import TrainContext
+
+
+class Callback:
+    def on_train_start(self, ctx: "TrainContext") -> None:
+        pass
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, ctx: "TrainContext") -> None:
+        pass
+
+
+def _due(step: int, interval: int, max_steps: int) -> bool:
+    return step >= max_steps or (interval > 0 and step % interval == 0)
+
+
+class EvalCallback(Callback):
+    """Validation loss over a fixed set of validation sequences, split over ranks.
+
+    Rank r evaluates samples r, r + world, r + 2*world, ... of the first
+    ``max_samples``, so every evaluation sees the same tokens whatever the
+    training position.
+    """
+
+    def __init__(self, val_dataset, interval: int, max_samples: int, batch_size: int):
+        self.dataset = val_dataset
+        self.interval = interval
+        self.max_samples = max_samples
+        self.batch_size = batch_size
+
+    def _batches(self, ctx: "TrainContext"):
+        from ..data import collate_tokens
+
+        n = min(self.max_samples, len(self.dataset))
+        mine = list(range(ctx.dist.rank, n, ctx.dist.world_size))
+        for i in range(0, len(mine), self.batch_size):
+            yield collate_tokens([self.dataset[j] for j in mine[i : i + self.batch_size]])
+
+    def evaluate(self, ctx: "TrainContext") -> float:
+        from .step import eval_loss
+
+        loss_sum, count = eval_loss(ctx.engine, self._batches(ctx), ctx.seq_len, ctx.dist.device)
+        loss_sum, count = all_reduce_sum([loss_sum, float(count)], ctx.dist.device)
+        return loss_sum / max(count, 1.0)
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+        if _due(ctx.state.step, self.interval, ctx.state.max_steps):
+            t0 = time.perf_counter()
+            metrics["val_loss"] = self.evaluate(ctx)
+            metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
+            metrics["eval_time_s"] = time.perf_counter() - t0
+
+
+class CheckpointCallback(Callback):
+    """Save every ``interval`` updates and after the last one."""
+
+    def __init__(self, checkpointer: "Checkpointer", interval: int, data_loader=None):
+        self.checkpointer = checkpointer
+        self.interval = interval
+        self.data_loader = data_loader
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+        if _due(ctx.state.step, self.interval, ctx.state.max_steps):
+            data_state = self.data_loader.state_dict() if self.data_loader is not None else None
+            path = self.checkpointer.save(ctx.engine, ctx.state, data_state)
+            metrics["checkpoint"] = str(path)
+
+
+class MetricsLogger(Callback):
+    """Rank 0: one JSON line per update, TensorBoard scalars, and a console progress line."""
+
+    def __init__(self, out_dir: Path, interval: int, tensorboard: bool, is_main: bool):
+        self.out_dir = Path(out_dir)
+        self.interval = interval
+        self.use_tb = tensorboard
+        self.is_main = is_main
+        self.jsonl = None
+        self.tb = None
+        self.t_start = 0.0
+        self.step_start = 0
+
+    def on_train_start(self, ctx: "TrainContext") -> None:
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Append: a resumed run continues the same file (records after the resume point are rewritten).
+        path = self.out_dir / "metrics.jsonl"
+        _truncate_after(path, ctx.state.step)
+        self.jsonl = open(path, "a", buffering=1)
+        if self.use_tb:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=ctx.state.step + 1)
+        self.t_start = time.perf_counter()
+        self.step_start = ctx.state.step
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        self.jsonl.write(json.dumps(record) + "\n")
+        step = metrics["step"]
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(_tb_name(key), value, step)
+        if step % self.interval == 0 or "val_loss" in metrics or step == ctx.state.max_steps:
+            elapsed = time.perf_counter() - self.t_start
+            done = step - self.step_start
+            eta = elapsed / max(done, 1) * (ctx.state.max_steps - step)
+            line = (
+                f"step {step}/{ctx.state.max_steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.3g} | "
+                f"grad_norm {metrics['grad_norm']:.3f} | {metrics['tokens_per_s']:.0f} tok/s | "
+                f"tokens {metrics['tokens']:,} | eta {_fmt_time(eta)}"
+            )
+            if "val_loss" in metrics:
+                line += f" | val_loss {metrics['val_loss']:.4f}"
+            print(line, file=sys.stdout, flush=True)
+
+    def on_train_end(self, ctx: "TrainContext") -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+_TB_GROUPS = {
+    "loss": "train/loss",
+    "val_loss": "val/loss",
+    "val_ppl": "val/perplexity",
+    "grad_norm": "train/grad_norm",
+    "tokens": "train/tokens",
+    "tokens_per_s": "perf/tokens_per_s",
+    "step_time_s": "perf/step_time_s",
+    "data_wait_s": "perf/data_wait_s",
+    "eval_time_s": "perf/eval_time_s",
+    "lr": "lr/peak_group",
+    "lr_multiplier": "lr/multiplier",
+}
+
+
+def _tb_name(key: str) -> str:
+    return _TB_GROUPS.get(key, key)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop records past ``step`` (left by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+__all__ = ["Callback", "EvalCallback", "CheckpointCallback", "MetricsLogger", "read_metrics"]

@@ -1,0 +1,69 @@
+"""The training loop: set the LR from the global step, fetch data, step, run callbacks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from ..distributed import DistInfo, all_reduce_mean
+from ..schedules import Schedule, set_lr
+from .callbacks import Callback
+from .state import TrainState
+from .step import train_step
+
+
+@dataclass
+class TrainContext:
+    """What callbacks may look at: the engine, the counters and the process layout."""
+
+    engine: Any
+    state: TrainState
+    dist: DistInfo
+    seq_len: int
+    micro_batch_size: int
+    tokens_per_step: int
+
+
+def train(
+    ctx: TrainContext,
+    batches: Iterator[Any],
+    schedule: Schedule,
+    grad_accum: int,
+    callbacks: Sequence[Callback],
+) -> TrainState:
+    state, engine = ctx.state, ctx.engine
+    for cb in callbacks:
+        cb.on_train_start(ctx)
+    last = time.perf_counter()
+    while not state.done:
+        multiplier = schedule(state.step)
+        set_lr(engine.optimizer, multiplier)
+        t0 = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(grad_accum)]
+        data_wait = time.perf_counter() - t0
+        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device)
+        (loss,) = all_reduce_mean([out.loss], ctx.dist.device)
+        state.step += 1
+        state.tokens += ctx.tokens_per_step
+        now = time.perf_counter()
+        step_time, last = now - last, now
+        metrics: dict[str, Any] = {
+            "step": state.step,
+            "loss": loss,
+            "lr": engine.optimizer.param_groups[0]["lr"],
+            "lr_multiplier": multiplier,
+            "tokens": state.tokens,
+            "grad_norm": out.grad_norm,
+            "step_time_s": step_time,
+            "data_wait_s": data_wait,
+            "tokens_per_s": ctx.tokens_per_step / step_time,
+        }
+        for group in engine.optimizer.param_groups:
+            if "name" in group:
+                metrics[f"lr/{group['name']}"] = group["lr"]
+        for cb in callbacks:
+            cb.on_step_end(ctx, metrics)
+    for cb in callbacks:
+        cb.on_train_end(ctx)
+    return state

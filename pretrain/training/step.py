@@ -1,0 +1,56 @@
+"""One optimizer update: forward/backward over the micro-batches, then DeepSpeed's step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data import split_batch
+
+
+@dataclass
+class StepOutput:
+    loss: float  # mean over this rank's micro-batches
+    grad_norm: float  # global norm before clipping, as DeepSpeed reports it
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy, computed in fp32 whatever the logits' dtype."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def train_step(engine, micro_batches: list[torch.Tensor], seq_len: int, device: str) -> StepOutput:
+    """Accumulate gradients over ``micro_batches`` and apply one update.
+
+    DeepSpeed scales each micro-batch loss by 1/grad_accum and steps the
+    optimizer at the accumulation boundary (the last micro-batch).
+    """
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for tokens in micro_batches:
+        inputs, targets = split_batch(tokens.to(device, non_blocking=True), seq_len)
+        loss = cross_entropy(engine(inputs), targets)
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach()
+    norm = engine.get_global_grad_norm()
+    norm = float(norm) if norm is not None else float("nan")
+    return StepOutput(loss=(total / len(micro_batches)).item(), grad_norm=norm)
+
+
+@torch.no_grad()
+def eval_loss(engine, batches, seq_len: int, device: str) -> tuple[float, int]:
+    """(sum of token losses, number of tokens) over ``batches`` on this rank."""
+    was_training = engine.module.training
+    engine.module.eval()
+    loss_sum, count = 0.0, 0
+    for tokens in batches:
+        inputs, targets = split_batch(tokens.to(device), seq_len)
+        logits = engine(inputs)
+        loss_sum += F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+        ).item()
+        count += targets.numel()
+    engine.module.train(was_training)
+    return loss_sum, count

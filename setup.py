@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+
+def version() -> str:
+    with open("pretrain/__init__.py") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in pretrain/__init__.py")
+
+
+setup(
+    name="pretrain",
+    version=version(),
+    description="GPT pretraining with DeepSpeed ZeRO on mosaicml-streaming data, from muP proxies to Phi-3-mini",
+    packages=find_packages(include=["pretrain", "pretrain.*", "data_prep", "data_prep.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        # mosaicml-streaming imports torchvision; it must be the build matching torch.
+        "torchvision",
+        "deepspeed>=0.16",
+        "mosaicml-streaming>=0.11",
+        "sentencepiece>=0.2",
+        "pyarrow>=14",
+        "zstandard>=0.22",
+        "numpy",
+        "pyyaml",
+        "tensorboard",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={
+        "console_scripts": [
+            "pretrain=pretrain.main:main",
+            "pretrain-plot=pretrain.plot:main",
+        ]
+    },
+)

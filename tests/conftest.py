@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny real dataset made by the real data_prep CLI, and run helpers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SEQ_LEN = 64
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+    config.addinivalue_line("markers", "distributed: starts several processes (DeepSpeed / torchrun ranks)")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A real corpus (1 MB of stdlib docstrings), a 512-piece tokenizer, MDS shards of 64+1 tokens."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    py = sys.executable
+    steps = [
+        [py, "-m", "data_prep", "demo-corpus", "--output", str(root / "raw"), "--max-mb", "1"],
+        [py, "-m", "data_prep", "train-tokenizer", "--input", str(root / "raw"), "--output",
+         str(root / "tok.model"), "--vocab-size", "512"],
+        [py, "-m", "data_prep", "tokenize", "--input", str(root / "raw"), "--output", str(root / "tokens"),
+         "--tokenizer", str(root / "tok.model"), "--seq-len", str(TINY_SEQ_LEN), "--val-fraction", "0.05"],
+    ]
+    for cmd in steps:
+        res = run_cli(cmd)
+        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return root / "tokens"
+
+
+def tiny_overrides(data_dir: Path, run_dir: Path, **extra) -> list[str]:
+    """Overrides that turn configs/demo_cpu.yaml into a seconds-long run on tiny data."""
+    base = {
+        "model.preset": "tiny",
+        "data.path": str(data_dir),
+        "run_dir": str(run_dir),
+        "train.max_steps": 6,
+        "train.global_batch_size": 8,
+        "train.micro_batch_size": 2,
+        "eval.interval": 3,
+        "eval.max_samples": 16,
+        "checkpoint.interval": 3,
+        "logging.interval": 1,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

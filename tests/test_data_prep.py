@@ -1,0 +1,537 @@
+"""Tests for data_prep: demo corpus -> tokenizer -> packed MDS tokens -> read back.
+
+Real libraries (sentencepiece, mosaicml-streaming, zstandard, pyarrow) on tiny real data.
+Expectations are computed independently of the implementation where possible (own JSONL
+reading, the split rule re-implemented from the manifest contract, own EOS packing).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from data_prep.__main__ import main
+from data_prep.errors import DataPrepError
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ_LEN = 64
+VOCAB = 1024
+VAL_FRACTION = 0.2
+
+# Texts that are easy to get wrong: indentation, tabs, CRLF, blank lines, non-BMP characters,
+# CJK, NUL, non-breaking and zero-width spaces, leading/trailing whitespace, digits.
+TRICKY = [
+    "def f(x):\n    if x:\n\treturn 1\n\n\n    return 0\n",
+    "  leading spaces and trailing  \n\n",
+    "windows\r\nline endings\r\n",
+    "emoji \U0001F600\U0001F980, CJK \u6f22\u5b57\u304b\u306a, accents na\u00efve caf\u00e9, NUL \x00 end",
+    "nbsp\u00a0zero\u200bwidth\ufeffbom",
+    "\n\nstarts with newlines",
+    "digits 1234567890 3.14159 0xDEADBEEF",
+]
+LONG_DOC = "A long document about packing samples. " * 300
+
+
+# --------------------------------------------------------------------------------------------
+# helpers (independent of the implementation)
+
+
+def read_jsonl_zst(path: Path) -> list[dict]:
+    data = zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=1 << 30)
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def contract_split(text: str, val_fraction: float) -> str:
+    """The split rule documented in the manifest ("split_hash"), re-implemented here."""
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return "val" if h / 2**64 < val_fraction else "train"
+
+
+def load_sp(path: Path):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data_prep", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+
+
+def tokenize_args(inputs, out, tok, seq_len=SEQ_LEN, *extra: str) -> list[str]:
+    return ["-q", "tokenize", "--input", *map(str, inputs), "--output", str(out),
+            "--tokenizer", str(tok), "--seq-len", str(seq_len), *extra]
+
+
+def write_jsonl(path: Path, texts) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures (module scoped: built once)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    assert main(["-q", "demo-corpus", "--output", str(out), "--max-mb", "1", "--docs-per-file", "64"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_files(corpus) -> list[Path]:
+    return sorted((corpus / "train").rglob("*.jsonl.zst"), key=str)
+
+
+@pytest.fixture(scope="module")
+def corpus_docs(corpus_files) -> list[dict]:
+    return [rec for f in corpus_files for rec in read_jsonl_zst(f)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "tok.model"
+    assert main(["-q", "train-tokenizer", "--input", str(corpus), "--output", str(out),
+                 "--vocab-size", str(VOCAB)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def extra_inputs(tmp_path_factory) -> tuple[Path, list[str]]:
+    """One file per other supported format; returns (dir, its texts in path order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("extra")
+    write_jsonl(d / "a.jsonl", TRICKY[:3])
+    (d / "b.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in TRICKY[3:5]).encode())
+    )
+    (d / "c.txt").write_bytes(TRICKY[5].encode("utf-8"))
+    rows = [TRICKY[6], LONG_DOC, "last row"]
+    pq.write_table(pa.table({"text": rows, "id": [1, 2, 3]}), d / "d.parquet", row_group_size=2)
+    (d / "ignored.md").write_text("not an input format")
+    return d, TRICKY + [LONG_DOC, "last row"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, corpus, tok, extra_inputs) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "data"
+    args = tokenize_args([corpus, extra_inputs[0]], out, tok, SEQ_LEN, "--val-fraction", str(VAL_FRACTION),
+                         "--shard-size-limit", "16k", "--workers", "2")
+    assert main(args) == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# demo corpus
+
+
+def test_demo_corpus_slimpajama_layout(corpus, corpus_docs, tmp_path):
+    files = sorted(str(p.relative_to(corpus)) for p in corpus.rglob("*") if p.is_file())
+    assert len(files) >= 2
+    for f in files:
+        assert re.fullmatch(r"train/chunk[12]/example_train_\d+\.jsonl\.zst", f), f
+    assert {f.split("/")[1] for f in files} == {"chunk1", "chunk2"}
+    sets: dict[str, int] = {}
+    total = 0
+    for rec in corpus_docs:
+        assert set(rec) == {"text", "meta"}
+        assert isinstance(rec["text"], str) and rec["text"].strip()
+        name = rec["meta"]["redpajama_set_name"]
+        sets[name] = sets.get(name, 0) + 1
+        total += len(rec["text"].encode("utf-8"))
+    assert set(sets) == {"RedPajamaGitHub", "RedPajamaBook"}, sets
+    assert 0.5e6 < total <= 1e6  # --max-mb 1
+    github = [r["text"] for r in corpus_docs if r["meta"]["redpajama_set_name"] == "RedPajamaGitHub"]
+    assert all(t.startswith("# module ") for t in github)
+    assert any(re.search(r"^## (class|def) \w+(\.\w+)+$", t, re.M) for t in github)
+    assert len({r["text"] for r in corpus_docs}) == len(corpus_docs)
+
+    # deterministic: a second run writes byte-identical files
+    again = tmp_path / "again"
+    assert main(["-q", "demo-corpus", "--output", str(again), "--max-mb", "1", "--docs-per-file", "64"]) == 0
+    assert tree_hashes(again) == tree_hashes(corpus)
+
+
+def test_demo_corpus_parses_without_importing():
+    import sysconfig
+
+    from data_prep.corpus import module_document, pydoc_topics, stdlib_sources
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    assert "antigravity" not in sys.modules  # importing it would open a web browser
+    doc = module_document("antigravity", stdlib / "antigravity.py")
+    assert doc is not None and doc.startswith("# module antigravity") and "## def antigravity.geohash" in doc
+    assert "antigravity" not in sys.modules
+    topics = pydoc_topics(stdlib)
+    assert "assert" in topics and "assert_stmt" in topics["assert"]
+    names = [m for m, _ in stdlib_sources(stdlib)]
+    assert "json.decoder" in names and "asyncio" in names
+    assert not [m for m in names if re.search(r"(^|\.)(tests?|idle_test|site-packages)(\.|$)", m)]
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def test_tokenizer_round_trip_exact(tok, corpus_docs):
+    sp = load_sp(tok)
+    assert sp.vocab_size() == VOCAB
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
+    texts = [r["text"] for r in corpus_docs] + TRICKY
+    assert any("\n        " in t for t in texts)  # real docstrings with code indentation
+    for text in texts:
+        assert sp.decode(sp.encode(text)) == text
+    newline = sp.piece_to_id("\n")
+    assert newline != sp.unk_id() and sp.encode("\n") == [newline]
+    assert sp.encode("a\nb").count(newline) == 1
+    assert [sp.id_to_piece(i) for i in sp.encode("2024")] == ["2", "0", "2", "4"]  # split_digits
+    assert sp.unk_id() not in sp.encode("\U0001F980 \u0915\u094D\u0937")  # byte fallback
+
+
+def test_tokenizer_training_is_deterministic(tok, corpus, tmp_path):
+    out = tmp_path / "again.model"
+    assert main(["-q", "train-tokenizer", "--input", str(corpus), "--output", str(out),
+                 "--vocab-size", str(VOCAB)]) == 0
+    assert out.read_bytes() == tok.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["again.model"]  # no temp files left behind
+
+
+def test_tokenizer_rejects_too_small_vocab(corpus, tmp_path, capsys):
+    assert main(["-q", "train-tokenizer", "--input", str(corpus), "--output", str(tmp_path / "t.model"),
+                 "--vocab-size", "100"]) == 2
+    assert "--vocab-size 100" in capsys.readouterr().err
+    assert not (tmp_path / "t.model").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# tokenize: data round trip
+
+
+def test_data_round_trip(dataset, corpus_files, extra_inputs, tok):
+    from data_prep import read_manifest, read_tokens
+
+    m = read_manifest(dataset)
+    sp = load_sp(tok)
+    eos = sp.eos_id()
+    L = SEQ_LEN + 1
+    assert (m["seq_len"], m["sample_len"], m["dtype"], m["column"]) == (SEQ_LEN, L, "uint16", "tokens")
+    assert (m["vocab_size"], m["eos_id"]) == (VOCAB, eos)
+    assert m["tokenizer"]["sha256"] == hashlib.sha256(tok.read_bytes()).hexdigest()
+    assert m["skipped"] == {}
+
+    # expected documents, in the documented order: input files sorted by path
+    extra_dir, extra_texts = extra_inputs
+    per_file = {"a.jsonl": extra_texts[0:3], "b.jsonl.gz": extra_texts[3:5], "c.txt": extra_texts[5:6],
+                "d.parquet": extra_texts[6:9]}
+    files = sorted([*corpus_files, *(extra_dir / n for n in per_file)], key=str)
+    docs = [t for f in files for t in (per_file.get(f.name) or [r["text"] for r in read_jsonl_zst(f)])]
+    assert [i["path"] for i in m["inputs"]] == [str(f) for f in files]  # ignored.md is not an input
+    assert m["documents_read"] == len(docs)
+
+    by_split = {"train": [], "val": []}
+    for d in docs:
+        by_split[contract_split(d, VAL_FRACTION)].append(d)
+    assert by_split["val"] and by_split["train"]
+
+    seen_docs = []
+    for split, split_docs in by_split.items():
+        expected = np.array([t for d in split_docs for t in sp.encode(d) + [eos]], dtype=np.int64)
+        samples = list(read_tokens(dataset, split, verify=True))
+        info = m["splits"][split]
+        assert len(samples) == info["samples"] == len(expected) // L
+        assert all(s.shape == (L,) and s.dtype == np.uint16 for s in samples)
+        got = np.concatenate(samples).astype(np.int64)
+        assert np.array_equal(got, expected[: len(got)])
+        assert info["tokens"] == len(expected)
+        assert info["dropped_tail_tokens"] == len(expected) - len(got) < L
+        assert info["documents"] == len(split_docs)
+        # decode: EOS-separated pieces are exactly the split's documents (last one may be cut)
+        pieces = np.split(got, np.flatnonzero(got == eos) + 1)
+        complete = [sp.decode(p[:-1].tolist()) for p in pieces if len(p) and p[-1] == eos]
+        assert complete == split_docs[: len(complete)]
+        # ... and only documents that reach past the last full sample are missing
+        n_complete = sum(len(sp.encode(d)) + 1 for d in complete)
+        assert n_complete <= len(got)
+        if len(complete) < len(split_docs):
+            assert n_complete + len(sp.encode(split_docs[len(complete)])) + 1 > len(got)
+        seen_docs += complete
+    # every complete document is in exactly one split
+    assert sorted(seen_docs) == sorted(d for d in docs if d in set(seen_docs))
+    assert not set(by_split["train"]) & set(by_split["val"])
+    assert any(len(sp.encode(d)) > 3 * L for d in seen_docs)  # documents spanning several samples
+    # multiple shards were written (--shard-size-limit 16k)
+    assert len(json.loads((dataset / "train" / "index.json").read_text())["shards"]) > 1
+
+
+def test_rerun_is_byte_identical(dataset, corpus, extra_inputs, tok, tmp_path):
+    before = tree_hashes(dataset / "train") | {f"val/{k}": v for k, v in tree_hashes(dataset / "val").items()}
+    args = ["--val-fraction", str(VAL_FRACTION), "--shard-size-limit", "16k"]
+    # same settings into the same directory: accepted, rebuilt in place
+    assert main(tokenize_args([corpus, extra_inputs[0]], dataset, tok, SEQ_LEN, *args, "--workers", "1")) == 0
+    after = tree_hashes(dataset / "train") | {f"val/{k}": v for k, v in tree_hashes(dataset / "val").items()}
+    assert after == before
+    # and into a fresh directory
+    other = tmp_path / "other"
+    assert main(tokenize_args([corpus, extra_inputs[0]], other, tok, SEQ_LEN, *args)) == 0
+    assert tree_hashes(other / "train") == tree_hashes(dataset / "train")
+    assert tree_hashes(other / "val") == tree_hashes(dataset / "val")
+    assert sorted(p.name for p in other.iterdir()) == [".lock", "manifest.json", "train", "val"]
+
+
+def test_streaming_dataset_reads_back(dataset, tmp_path):
+    import shutil
+
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    from data_prep import read_manifest, read_tokens
+
+    m = read_manifest(dataset)
+    clean_stale_shared_memory()
+    for split in ("train", "val"):
+        # StreamingDataset decompresses shards next to the index and keys shared memory by
+        # the local path: give it its own unique copy.
+        local = tmp_path / f"{split}-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(dataset / split, local)
+        ds = StreamingDataset(local=str(local), shuffle=False, batch_size=1)
+        assert len(ds) == m["splits"][split]["samples"] > 0
+        first = ds[0]["tokens"]
+        assert first.shape == (SEQ_LEN + 1,) and first.dtype == np.uint16
+        ours = list(read_tokens(dataset, split))
+        theirs = [s["tokens"] for s in ds]
+        assert len(theirs) == len(ours)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+        del ds
+
+
+def test_token_counts(dataset):
+    from data_prep import read_tokens, token_counts
+
+    counts = token_counts(dataset, "train")
+    arr = np.concatenate(list(read_tokens(dataset, "train")))
+    assert counts.shape == (VOCAB,) and counts.sum() == arr.size
+    assert np.array_equal(counts, np.bincount(arr, minlength=VOCAB))
+
+
+# --------------------------------------------------------------------------------------------
+# bad records, refusing other datasets, atomicity
+
+
+def test_bad_records_are_counted_and_skipped(tmp_path, tok, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep import read_manifest
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    lines = [
+        b'{"text": "good one"}',
+        b'{"text": "unterminated',           # 2 malformed_json
+        b'{"text": null}',                   # 3 null_text
+        b'[1, 2, 3]',                        # 4 not_object
+        b'{"text": "caf\xe9 latin-1"}',      # 5 invalid_utf8
+        b'{"text": 42}',                     # 6 non_string_text
+        b'{"title": "no text"}',             # 7 missing_text
+        b'{"text": "   "}',                  # 8 empty_text
+        b'{"text": "lone \\ud800 surrogate"}',  # 9 invalid_unicode
+        b'',                                 # 10 blank_line
+        b'{"text": "good two", "meta": {"redpajama_set_name": "X"}}',
+    ]
+    bad = inp / "bad.jsonl"
+    bad.write_bytes(b"\n".join(lines) + b"\n")
+    (inp / "latin1.txt").write_bytes(b"caf\xe9\n")  # invalid_utf8 (whole file)
+    pq.write_table(pa.table({"text": ["good three", None]}), inp / "p.parquet")  # row 2 null_text
+    zst = zstandard.ZstdCompressor().compress(b'{"text": "lost"}\n' * 1000)
+    (inp / "trunc.jsonl.zst").write_bytes(zst[: len(zst) // 2])  # unreadable_file
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
+        assert main(tokenize_args([inp], out, tok, 4, "--val-fraction", "0")) == 0
+    m = read_manifest(out)
+    assert m["skipped"] == {
+        "blank_line": 1, "empty_text": 1, "invalid_unicode": 1, "invalid_utf8": 2, "malformed_json": 1,
+        "missing_text": 1, "non_string_text": 1, "not_object": 1, "null_text": 2, "unreadable_file": 1,
+    }
+    assert m["documents_read"] == 3
+    assert m["splits"]["val"] == {"documents": 0, "tokens": 0, "samples": 0, "dropped_tail_tokens": 0}
+    log = caplog.text
+    for lineno in range(2, 11):
+        assert f"{bad}:{lineno}" in log
+    assert f"{inp / 'p.parquet'}:2" in log and str(inp / "latin1.txt") in log
+    sp = load_sp(tok)
+    expected = [t for d in ["good one", "good two", "good three"] for t in sp.encode(d) + [sp.eos_id()]]
+    from data_prep import read_tokens
+
+    got = np.concatenate(list(read_tokens(out, "train"))).tolist()
+    assert got == expected[: len(got)] and len(expected) - len(got) < 5
+
+
+def test_refuses_different_existing_dataset(tmp_path, tok):
+    from data_prep import read_manifest, read_tokens
+
+    inp = write_jsonl(tmp_path / "docs.jsonl", [f"document number {i}\n  indented line" for i in range(50)])
+    out = tmp_path / "out"
+    assert main(tokenize_args([inp], out, tok, 16)) == 0
+    before = tree_hashes(out)
+
+    with pytest.raises(DataPrepError, match=r"seq_len.*--overwrite"):
+        from data_prep.pipeline import TokenizeConfig, run_tokenize
+
+        run_tokenize(TokenizeConfig(inputs=[str(inp)], output=out, tokenizer=tok, seq_len=32, progress=False))
+    # the CLI reports it as an error naming the setting, exit status 2, nothing changed
+    proc = run_cli(*tokenize_args([inp], out, tok, 32))
+    assert proc.returncode == 2, proc.stderr
+    assert "error:" in proc.stderr and "seq_len: existing 16, requested 32" in proc.stderr
+    assert tree_hashes(out) == before
+
+    # different input content is a different dataset too
+    write_jsonl(tmp_path / "docs.jsonl", ["changed"] * 50)
+    assert main(tokenize_args([inp], out, tok, 16)) == 2
+    assert tree_hashes(out) == before
+
+    assert main(tokenize_args([inp], out, tok, 32, "--overwrite")) == 0
+    m = read_manifest(out)
+    assert m["seq_len"] == 32 and next(read_tokens(out, "train")).shape == (33,)
+
+    # a non-empty directory that is not a dataset is refused as well
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    assert main(tokenize_args([inp], junk, tok, 16)) == 2
+    assert sorted(p.name for p in junk.iterdir()) == ["notes.txt"]
+
+
+def test_concurrent_run_is_refused(tmp_path, tok):
+    from data_prep.writer import exclusive_lock
+
+    inp = write_jsonl(tmp_path / "docs.jsonl", ["some text"] * 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive_lock(out):  # another process holds the output directory
+        proc = run_cli(*tokenize_args([inp], out, tok, 4))
+    assert proc.returncode == 2 and "being written by another process" in proc.stderr
+    assert main(tokenize_args([inp], out, tok, 4)) == 0
+
+
+def test_failed_run_leaves_previous_dataset_intact(tmp_path, tok, monkeypatch):
+    from data_prep import read_manifest, writer
+
+    inp = write_jsonl(tmp_path / "docs.jsonl", [f"text {i} " * 20 for i in range(40)])
+    out = tmp_path / "out"
+    assert main(tokenize_args([inp], out, tok, 8)) == 0
+    before = tree_hashes(out)
+
+    calls = {"n": 0}
+    real_write = writer.MDSSplitWriter.write
+
+    def failing_write(self, sample):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise RuntimeError("disk full (simulated)")
+        real_write(self, sample)
+
+    monkeypatch.setattr(writer.MDSSplitWriter, "write", failing_write)
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(tokenize_args([inp], out, tok, 8, "--overwrite"))
+    assert tree_hashes(out) == before  # old dataset untouched, no temp dirs left
+    assert read_manifest(out)["seq_len"] == 8
+
+    fresh = tmp_path / "fresh"
+    calls["n"] = 0
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(tokenize_args([inp], fresh, tok, 8))
+    assert [p.name for p in fresh.iterdir()] == [".lock"]  # nothing half-written, no manifest
+
+
+# --------------------------------------------------------------------------------------------
+# small units
+
+
+def test_read_manifest_errors(tmp_path, dataset):
+    from data_prep import read_manifest
+
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "manifest.json"))):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "manifest.json"))):
+        read_manifest(tmp_path)
+    good = json.loads((dataset / "manifest.json").read_text())
+    broken = dict(good, sample_len=good["seq_len"])
+    (tmp_path / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="sample_len"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({k: v for k, v in good.items() if k != "eos_id"}))
+    with pytest.raises(ValueError, match="eos_id"):
+        read_manifest(tmp_path)
+
+
+def test_packer_cuts_exact_samples():
+    from data_prep.pack import Packer, token_dtype
+
+    p = Packer(sample_len=4, eos_id=0, dtype="uint16")
+    p.add_documents([[1, 2], [3]])
+    assert [s.tolist() for s in p.drain()] == [[1, 2, 0, 3]]
+    p.add_documents([[4, 5, 6, 7, 8]])
+    assert [s.tolist() for s in p.drain()] == [[0, 4, 5, 6]]
+    assert (p.documents, p.tokens, p.samples, p.dropped_tail_tokens) == (3, 11, 2, 3)
+    assert token_dtype(65536) == "uint16" and token_dtype(65537) == "uint32"
+
+
+def test_mds_column_encoding_is_valid():
+    from streaming.base.format.mds.encodings import get_mds_encoded_size, is_mds_encoding
+
+    from data_prep.writer import column_encoding
+
+    for dtype, itemsize in (("uint16", 2), ("uint32", 4)):
+        enc = column_encoding(dtype, 257)
+        assert is_mds_encoding(enc) and get_mds_encoded_size(enc) == 257 * itemsize
+
+
+def test_input_resolution_errors(tmp_path):
+    from data_prep.readers import resolve_inputs
+
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(DataPrepError, match=r"--input .*x\.csv: unsupported file type"):
+        resolve_inputs([str(tmp_path / "x.csv")])
+    with pytest.raises(DataPrepError, match=r"--input .*missing\.jsonl: no such file"):
+        resolve_inputs([str(tmp_path / "missing.jsonl")])
+    with pytest.raises(DataPrepError, match="glob matched no files"):
+        resolve_inputs([str(tmp_path / "*.jsonl")])
+    (tmp_path / "sub").mkdir()
+    write_jsonl(tmp_path / "sub" / "b.jsonl", ["b"])
+    write_jsonl(tmp_path / "a.jsonl", ["a"])
+    got = resolve_inputs([str(tmp_path / "**" / "*.jsonl"), str(tmp_path)])
+    assert got == [tmp_path / "a.jsonl", tmp_path / "sub" / "b.jsonl"]  # sorted, de-duplicated
+
+
+def test_cli_help_and_import_is_light():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "demo-corpus" in proc.stdout and "tokenize" in proc.stdout
+    code = "import sys, data_prep; print(sorted(m for m in ('torch','streaming','sentencepiece','numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
