@@ -24,7 +24,7 @@ fi
 if [ ! -f "$DATA/tokens/manifest.json" ]; then
   echo "== 3/4 tokenizing into MDS shards"
   python -m data_prep tokenize --input "$DATA/raw" --output "$DATA/tokens" --tokenizer "$DATA/tokenizer.model" \
-    --seq-len 256 --val-fraction 0.02
+    --seq-len 256 --val-fraction 0.05
 fi
 
 echo "== 4/4 training on $NUM_RANKS ranks ($DS_ACCELERATOR): $RUN_DIR"
