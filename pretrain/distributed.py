@@ -78,26 +78,23 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local_rank, local_world, device, backend)
 
 
+def all_reduce_sum(values: list[float], device: str) -> list[float]:
+    """Sum over ranks of a few scalars, in one collective (float64)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
 def all_reduce_mean(values: list[float], device: str) -> list[float]:
     """Mean over ranks of a few scalars, in one collective."""
-    import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.tolist()
-
-
-def all_reduce_sum(values: list[float], device: str) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t.tolist()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return [v / world for v in all_reduce_sum(values, device)]
 
 
 def release_shared_memory(dist: DistInfo) -> None:

@@ -97,3 +97,14 @@ def test_torchrun_two_ranks_other_zero_stages(tiny_data, tmp_path, stage):
     assert recs[-1]["loss"] < recs[0]["loss"]
     files = json.loads((run_dir / "checkpoints" / "step_00000003" / "COMPLETE").read_text())["files"]
     assert any(f"zero_pp_rank_1" in n for n in files)
+
+
+@pytest.mark.gpu
+def test_single_gpu_bf16_uses_cuda(tiny_data, tmp_path):
+    """On a GPU machine the same command picks CUDA + NCCL by itself (SDPA then uses flash kernels)."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DS_ACCELERATOR"}
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir)],
+                  env={**env, "DS_ACCELERATOR": "cuda"})
+    recs = check_run(res, run_dir, 6)
+    assert recs[-1]["loss"] < recs[0]["loss"]
