@@ -119,6 +119,9 @@ def _convert(value: Any, tp: Any, key: str, problems: Problems) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(sections) == 1:
+            return _convert(value, sections[0], key, problems)  # name the bad key inside the section
         for arg in args:
             if arg is type(None):
                 continue

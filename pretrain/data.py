@@ -4,11 +4,17 @@ The data directory is what ``python -m data_prep tokenize`` writes:
 ``manifest.json`` plus MDS datasets ``train/`` and ``val/`` whose samples hold
 ``seq_len + 1`` token ids each. A training sample of length ``L`` gives inputs
 ``tokens[:L]`` and targets ``tokens[1:L+1]``.
+
+With per-source output (``tokenize --per-source``) each split holds one MDS
+dataset per source (``train/RedPajamaC4/``, ...); training mixes them by the
+proportions in ``data.mix`` (or in their natural proportions), as
+mosaicml-streaming ``Stream``s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,9 +29,12 @@ class DataConfig:
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes per rank
     validate_hash: bool = True  # check each shard's sha1 on first read (corruption is an error)
+    mix: dict[str, float] = field(default_factory=dict)  # per-source data: {source: proportion} summing to 1; {} = natural
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
+        if self.mix and (any(p < 0 for p in self.mix.values()) or not math.isclose(sum(self.mix.values()), 1.0, abs_tol=1e-6)):
+            problems.append(("mix", f"proportions >= 0 that sum to 1 (they sum to {sum(self.mix.values()):.6g})"))
         if self.seq_len is not None and self.seq_len < 1:
             problems.append(("seq_len", "an integer >= 1"))
         if self.num_workers < 0:
@@ -52,8 +61,15 @@ class DataConfig:
             return [("path", self.path, f"a valid dataset manifest ({e})")]
         problems = []
         for split in SPLITS:
-            if not (root / split / "index.json").is_file():
-                problems.append(("path", self.path, f"MDS split {split!r} at {root / split}/index.json (not found)"))
+            for d in self.split_dirs(manifest, split):
+                if not (d / "index.json").is_file():
+                    problems.append(("path", self.path, f"an MDS dataset at {d}/index.json (not found)"))
+        sources = self.sources(manifest, "train")
+        if self.mix and not sources:
+            problems.append(("mix", self.mix, "{} for single-layout data (mixing needs `data_prep tokenize --per-source`)"))
+        unknown = sorted(set(self.mix) - set(sources)) if sources else []
+        if unknown:
+            problems.append(("mix", self.mix, f"sources of {self.path}: {', '.join(sources)} (unknown: {', '.join(unknown)})"))
         shard_len = manifest.get("seq_len")
         if self.seq_len is not None and isinstance(shard_len, int) and self.seq_len > shard_len:
             problems.append(("seq_len", self.seq_len, f"at most the shards' seq_len {shard_len} (from {mpath})"))
@@ -70,6 +86,35 @@ class DataConfig:
         tok = manifest.get("tokenizer", {})
         return tok.get("path") if isinstance(tok, dict) else None
 
+    # -- layout ----------------------------------------------------------------------------
+    @staticmethod
+    def sources(manifest: dict[str, Any], split: str) -> list[str]:
+        """Source names of a per-source dataset's split; [] for a single dataset."""
+        if manifest.get("layout") != "per-source":
+            return []
+        return sorted(manifest["splits"][split].get("sources", {}))
+
+    def split_dirs(self, manifest: dict[str, Any], split: str) -> list[Path]:
+        sources = self.sources(manifest, split)
+        root = Path(self.path) / split
+        return [root / s for s in sources] if sources else [root]
+
+    def _dataset_kwargs(self, split: str, proportions: bool) -> dict[str, Any]:
+        """``local=`` for a single dataset, ``streams=`` for per-source data."""
+        manifest = self.manifest()
+        sources = self.sources(manifest, split)
+        if not sources:
+            return {"local": str(Path(self.path) / split)}
+        from streaming import Stream
+
+        chosen = [s for s in sources if s in self.mix] if (proportions and self.mix) else sources
+        return {
+            "streams": [
+                Stream(local=str(Path(self.path) / split / s), proportion=self.mix[s] if (proportions and self.mix) else None)
+                for s in chosen
+            ]
+        }
+
     # -- loaders ---------------------------------------------------------------------------
     def build_train_loader(self, micro_batch_size: int, seed: int):
         """A StreamingDataLoader over the train split, sharded over ranks, shuffled by ``seed``.
@@ -80,7 +125,7 @@ class DataConfig:
         from streaming import StreamingDataLoader, StreamingDataset
 
         ds = StreamingDataset(
-            local=str(Path(self.path) / "train"),
+            **self._dataset_kwargs("train", proportions=True),
             shuffle=self.shuffle,
             shuffle_seed=seed,
             batch_size=micro_batch_size,
@@ -100,7 +145,7 @@ class DataConfig:
         from streaming import StreamingDataset
 
         return StreamingDataset(
-            local=str(Path(self.path) / "val"),
+            **self._dataset_kwargs("val", proportions=False),
             shuffle=False,
             batch_size=1,
             validate_hash="sha1" if self.validate_hash else None,

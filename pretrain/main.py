@@ -134,6 +134,7 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
         seq_len=cfg.seq_len,
         micro_batch_size=cfg.train.micro_batch_size,
         tokens_per_step=cfg.train.global_batch_size * cfg.seq_len,
+        z_loss=cfg.model.z_loss,
     )
     callbacks = [
         EvalCallback(val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),

@@ -228,3 +228,13 @@ def test_cli_dry_run_prints_plan(tmp_path, tiny_data):
                    *tiny_overrides(tiny_data, tmp_path / "run")])
     assert res.returncode == 0, res.stderr
     assert "plan:" in res.stdout and "6 steps x 8 seqs x 64 tokens = 3,072 tokens" in res.stdout
+
+
+def test_mix_must_sum_to_one():
+    msg = error_of(load_run_config, DEMO, ["data.mix={a: 0.5, b: 0.4}"])
+    assert "data.mix = {'a': 0.5, 'b': 0.4}: expected proportions >= 0 that sum to 1 (they sum to 0.9)" in msg
+
+
+def test_mix_needs_per_source_data(tmp_path, tiny_data):
+    msg = error_of(load_and_resolve, DEMO, tiny_overrides(tiny_data, tmp_path) + ["data.mix={a: 1.0}"])
+    assert "data.mix = {'a': 1.0}" in msg and "--per-source" in msg

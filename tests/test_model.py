@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pretrain.model import GPT, PRESETS, GPTConfig, get_preset, param_groups
 from pretrain.model import gpt as gpt_module
+from pretrain.model.mup import MuPConfig
 from pretrain.model.presets import register_preset
 
 VOCAB = 97
@@ -29,9 +30,13 @@ def build(seed: int = 0, **overrides) -> GPT:
 
 def test_config_type_hints_are_simple_and_resolvable():
     hints = typing.get_type_hints(GPTConfig)
-    simple = {int, float, bool, str, typing.Optional[int]}
+    simple = {int, float, bool, str, typing.Optional[int], typing.Optional[float]}
     for f in dataclasses.fields(GPTConfig):
         hint = hints[f.name]
+        if f.name == "mup":  # the one nested section: Optional[MuPConfig] of simple fields
+            assert hint == typing.Optional[MuPConfig]
+            assert all(h in simple for h in typing.get_type_hints(MuPConfig).values())
+            continue
         assert hint in simple or typing.get_origin(hint) is typing.Literal, (f.name, hint)
     assert typing.get_args(hints["norm"]) == ("rmsnorm", "layernorm")
 
@@ -341,3 +346,98 @@ def test_overfits_fixed_batch(pos):
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(VOCAB), rel=0.1)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+# ---- presets at full size (meta device: no memory) -----------------------------------------------
+
+# Nominal sizes: the issue / papers (phi3-mini ~3.8B; D2Z Appendix A: 39M proxy, Table 2: 111M,
+# 617M, 1.7B) and, for the small presets, their docstrings (non-embedding, vocabulary-free).
+NOMINAL_PARAMS = {
+    "phi3-mini": 3.8e9,
+    "mup-39m-proxy": 39e6,
+    "mup-111m": 111e6,
+    "mup-617m": 617e6,
+    "mup-1.7b": 1.7e9,
+}
+NOMINAL_NON_EMBEDDING = {"tiny": 0.11e6, "demo": 3.2e6}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_on_meta_with_nominal_size(name):
+    cfg = get_preset(name)
+    assert name in NOMINAL_PARAMS or name in NOMINAL_NON_EMBEDDING, f"add preset {name!r} to the nominal sizes"
+    if cfg.vocab_size is None:
+        cfg = dataclasses.replace(cfg, vocab_size=512)
+    with torch.device("meta"):
+        model = cfg.build()
+    real = sum(p.numel() for p in model.parameters())
+    assert real == cfg.num_params()
+    assert all(p.is_meta for p in model.parameters())
+    if name in NOMINAL_PARAMS:
+        assert real == pytest.approx(NOMINAL_PARAMS[name], rel=0.05), f"{name}: {real / 1e6:.1f}M"
+    else:
+        assert cfg.num_params(include_embeddings=False) == pytest.approx(NOMINAL_NON_EMBEDDING[name], rel=0.05)
+
+
+def test_published_presets_architecture():
+    phi = get_preset("phi3-mini")
+    assert (phi.n_layers, phi.d_model, phi.n_heads, phi.n_kv, phi.ffn_dim, phi.vocab_size, phi.max_seq_len) == (
+        32, 3072, 32, 32, 8192, 32064, 4096)
+    assert (phi.pos, phi.norm, phi.mlp, phi.tie_embeddings, phi.bias, phi.mup) == ("rope", "rmsnorm", "swiglu", False, False, None)
+    for name, d_model, n_layers in (("mup-39m-proxy", 256, 24), ("mup-111m", 768, 10), ("mup-617m", 2048, 10),
+                                    ("mup-1.7b", 2048, 32)):
+        cfg = get_preset(name)
+        assert (cfg.d_model, cfg.n_layers, cfg.head_dim, cfg.vocab_size, cfg.max_seq_len) == (d_model, n_layers, 64, 50257, 2048)
+        assert (cfg.pos, cfg.mlp, cfg.norm, cfg.tie_embeddings) == ("alibi", "swiglu", "layernorm", True)
+        assert cfg.mup == MuPConfig(base_width=256, sigma_base=8.67e-2, alpha_input=9.17, alpha_output=1.095)
+        assert cfg.validate() == []
+
+
+def test_flops_per_token_palm_formula():
+    # 6N + 12 L H Q T with N = non-embedding parameters + the lm_head matmul (PaLM appendix B).
+    phi = get_preset("phi3-mini")
+    n = 32 * (4 * 3072**2 + 3 * 3072 * 8192 + 2 * 3072) + 3072
+    assert phi.num_params(include_embeddings=False) == n
+    assert phi.flops_per_token(4096) == 6 * (n + 32064 * 3072) + 12 * 32 * 32 * 96 * 4096
+    gqa = tiny(n_kv_heads=1, d_model=64, n_heads=8)  # fewer k/v parameters, same attention FLOPs
+    assert gqa.flops_per_token(100, include_lm_head=False) == 6 * gqa.num_params(include_embeddings=False) + 12 * 2 * 8 * 8 * 100
+
+
+# ---- generic multipliers, z-loss ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_causal_with_mup(pos):
+    model = build(pos=pos, mup=MuPConfig(base_width=32))
+    idx = torch.randint(0, VOCAB, (2, 24))
+    future = idx.clone()
+    future[:, 11:] = torch.randint(0, VOCAB, (2, 13))
+    torch.testing.assert_close(model(future)[:, :11], model(idx)[:, :11], rtol=0, atol=1e-5)
+
+
+def test_lm_loss_and_z_loss():
+    from pretrain.model.loss import lm_loss
+
+    logits = torch.randn(2, 5, VOCAB) * 3
+    targets = torch.randint(0, VOCAB, (2, 5))
+    ce_ref = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    loss, parts = lm_loss(logits, targets)
+    assert loss == ce_ref and parts["ce"] == ce_ref and parts["z_loss"] == 0
+    z = torch.logsumexp(logits, dim=-1)
+    loss, parts = lm_loss(logits.bfloat16(), targets, z_loss=1e-4)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(parts["z_loss"], 1e-4 * (z**2).mean(), rtol=2e-2, atol=0)
+    torch.testing.assert_close(loss, parts["ce"] + parts["z_loss"])
+    # ignored targets (-100) are left out of both terms
+    masked = targets.clone()
+    masked[:, 3:] = -100
+    loss, parts = lm_loss(logits, masked, z_loss=1e-3)
+    torch.testing.assert_close(parts["ce"], F.cross_entropy(logits[:, :3].flatten(0, 1), targets[:, :3].flatten()))
+    torch.testing.assert_close(parts["z_loss"], 1e-3 * (z[:, :3] ** 2).mean())
+    # the z-loss gradient pushes logsumexp towards 0
+    x = logits.clone().requires_grad_(True)
+    lm_loss(x, targets, z_loss=1.0)[0].backward()
+    g_z = x.grad.clone()
+    x.grad = None
+    lm_loss(x, targets)[0].backward()
+    assert ((g_z - x.grad).sum(-1) * z.sign() > 0).all()

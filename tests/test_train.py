@@ -75,9 +75,10 @@ def test_plain_python_single_process_and_resume(tiny_data, tmp_path):
     """`python pretrain.py` is a world of one; relaunching with a longer budget resumes from the checkpoint."""
     run_dir = tmp_path / "run"
     base = [sys.executable, "pretrain.py", "--config", DEMO]
-    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 4, "checkpoint.interval": 2})
+    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 4, "checkpoint.interval": 2, "model.z_loss": 1e-4})
     first = check_run(run_cli(base + ov), run_dir, 4)
-    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 6, "checkpoint.interval": 2})
+    assert all(r["z_loss"] > 0 for r in first)  # the z-loss term is logged apart from the cross-entropy
+    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 6, "checkpoint.interval": 2, "model.z_loss": 1e-4})
     res = run_cli(base + ov)
     recs = check_run(res, run_dir, 6)
     assert "resumed from" in res.stdout and "step_00000004" in res.stdout

@@ -5,7 +5,11 @@ a typed config dataclass, then the modules in forward order.
 
 * Weight initialization lives in :mod:`pretrain.model.init` (``GPT.__init__``
   only calls into it); optimizer groups live in :mod:`pretrain.model.param_groups`.
-* No DeepSpeed, no muP, no loss here: ``GPT.forward`` maps token ids to logits.
+* No DeepSpeed, no loss here: ``GPT.forward`` maps token ids to logits (the loss,
+  with the optional z-loss, is :func:`pretrain.model.loss.lm_loss`).
+* muP lives beside this file (:mod:`pretrain.model.mup`). Here it is only a config
+  field and three generic forward-pass knobs (embedding multiplier, logit
+  multiplier, attention scale) that muP sets: see :meth:`GPTConfig.multipliers`.
 * Precision: the model runs in plain fp32, or with every parameter cast to bf16
   (what DeepSpeed's bf16 mode does). It registers **no buffers**: RoPE tables
   and the ALiBi bias are built in fp32 on the fly (and cached in plain dicts,
@@ -26,14 +30,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pretrain.model.init import init_weights
+from pretrain.model.mup import MuPConfig
 
 
 @dataclass
 class GPTConfig:
     """Architecture hyper-parameters. Defaults describe a small model.
 
-    Only simple typed fields (the run-config loader validates YAML values
-    against these type hints).
+    Only simple typed fields and one nested dataclass (``mup``): the run-config
+    loader validates YAML values against these type hints.
     """
 
     vocab_size: Optional[int] = None  # None = taken from the tokenizer (resolved before build)
@@ -53,7 +58,14 @@ class GPTConfig:
     bias: bool = False  # biases in the Linear layers (norms never have a bias)
     dropout: float = 0.0  # embedding, attention-probability and residual dropout
     activation_checkpointing: bool = False  # recompute each block in backward (training only)
-    init_std: float = 0.02
+    init_std: float = 0.02  # standard parameterization only (muP: mup.sigma_base)
+    # Forward-pass multipliers. muP sets them (see `multipliers`); leave them at their
+    # defaults when `mup` is set.
+    emb_mult: float = 1.0  # embedding output multiplier (muP: alpha_input)
+    logit_mult: float = 1.0  # output logit multiplier (muP: alpha_output / m)
+    attn_scale: Optional[float] = None  # attention score scale; None = 1/sqrt(head_dim) (muP: 1/head_dim)
+    z_loss: float = 0.0  # weight of PaLM's z-loss, z_loss * mean(logsumexp(logits)^2); pretrain.model.loss
+    mup: Optional[MuPConfig] = None  # None: standard parameterization; see pretrain.model.mup
 
     # ---- derived sizes -------------------------------------------------------------
 
@@ -95,8 +107,17 @@ class GPTConfig:
             return True
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
-                     "max_seq_len", "norm_eps", "rope_base", "init_std"):
+                     "max_seq_len", "norm_eps", "rope_base", "init_std", "emb_mult", "logit_mult", "attn_scale"):
             positive(name)
+        if not self.z_loss >= 0.0:
+            problems.append(("z_loss", ">= 0"))
+        if self.mup is not None:
+            problems += [(f"mup.{name}", expected) for name, expected in self.mup.problems()]
+            for name, default, rule in (("emb_mult", 1.0, "mup.alpha_input"),
+                                        ("logit_mult", 1.0, "mup.alpha_output / width multiplier"),
+                                        ("attn_scale", None, "1 / head_dim")):
+                if getattr(self, name) != default:
+                    problems.append((name, f"{default} when mup is set (muP sets it from {rule})"))
 
         hints = get_type_hints(type(self))
         for f in fields(self):
@@ -116,6 +137,15 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(("dropout", "in [0, 1)"))
         return problems
+
+    def multipliers(self) -> tuple[float, float, float]:
+        """``(emb_mult, logit_mult, attn_scale)`` in effect: muP's when ``mup`` is set
+        (:meth:`pretrain.model.mup.MuPConfig.multipliers`), else the fields, with
+        ``attn_scale=None`` meaning ``1/sqrt(head_dim)``."""
+        if self.mup is not None:
+            return self.mup.multipliers(self)
+        attn_scale = self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        return self.emb_mult, self.logit_mult, attn_scale
 
     def build(self) -> "GPT":
         """Validate, construct and initialize (call ``torch.manual_seed`` first for determinism)."""
@@ -148,9 +178,9 @@ class GPTConfig:
         return total
 
     def flops_per_token(self, seq_len: int, include_lm_head: bool = True) -> float:
-        """Training FLOPs (forward + backward) per token, PaLM / Chinchilla approximation::
+        """Training FLOPs (forward + backward) per token, PaLM appendix B::
 
-            6 * N + 12 * n_layers * d_model * seq_len
+            6 * N + 12 * L * H * Q * T   (L layers, H heads, Q head_dim, T = seq_len)
 
         where ``N`` counts the parameters that take part in a matmul per token: the
         non-embedding parameters (``num_params(include_embeddings=False)``) plus,
@@ -164,7 +194,7 @@ class GPTConfig:
             if self.vocab_size is None:
                 raise ValueError("GPTConfig.vocab_size is None: cannot count lm_head FLOPs")
             n += self.vocab_size * self.d_model
-        return 6.0 * n + 12.0 * self.n_layers * self.d_model * seq_len
+        return 6.0 * n + 12.0 * self.n_layers * self.n_heads * self.head_dim * seq_len
 
 
 def check_buildable(config: GPTConfig) -> None:
@@ -174,8 +204,14 @@ def check_buildable(config: GPTConfig) -> None:
                          "tokenizer's vocabulary size) before building the model")
     problems = config.validate()
     if problems:
-        lines = [f"  {name}: expected {expected}, got {getattr(config, name)!r}" for name, expected in problems]
+        lines = [f"  {name}: expected {expected}, got {_get_dotted(config, name)!r}" for name, expected in problems]
         raise ValueError("invalid GPTConfig:\n" + "\n".join(lines))
+
+
+def _get_dotted(obj, name: str):
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 # ---- normalization -------------------------------------------------------------------
@@ -262,11 +298,15 @@ def alibi_bias(seq_len: int, n_heads: int, device: torch.device) -> torch.Tensor
 
 
 class Attention(nn.Module):
-    """Causal self-attention via SDPA, with GQA, optional QK-norm, RoPE or ALiBi."""
+    """Causal self-attention via SDPA, with GQA, optional QK-norm, RoPE or ALiBi.
+
+    Scores are ``scale * q.k`` with ``scale = config.multipliers()[2]``
+    (1/sqrt(head_dim) by default, 1/head_dim under muP)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.n_kv, config.head_dim
+        self.scale = config.multipliers()[2]
         D, Dh = config.d_model, config.head_dim
         self.wq = nn.Linear(D, self.n_heads * Dh, bias=config.bias)
         self.wk = nn.Linear(D, self.n_kv * Dh, bias=config.bias)
@@ -300,6 +340,7 @@ class Attention(nn.Module):
             attn_mask=attn_bias,
             is_causal=attn_bias is None,
             dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
         )  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*Dh]
         return self.resid_dropout(self.wo(y))
@@ -347,6 +388,7 @@ class GPT(nn.Module):
         super().__init__()
         check_buildable(config)
         self.config = config
+        self.emb_mult, self.logit_mult, _ = config.multipliers()  # 1.0, 1.0 unless muP / set
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -377,7 +419,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
-        x = self.emb_dropout(self.tok_emb(idx))  # [B, T, D], parameter dtype
+        x = self.tok_emb(idx)  # [B, T, D], parameter dtype
+        if self.emb_mult != 1.0:
+            x = x * self.emb_mult
+        x = self.emb_dropout(x)
         rope = self.rope(T, idx.device) if self.config.pos == "rope" else None
         attn_bias = self.alibi(T, idx.device, x.dtype) if self.config.pos == "alibi" else None
         use_ckpt = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -386,4 +431,7 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, rope, attn_bias, use_reentrant=False)
             else:
                 x = block(x, rope, attn_bias)
-        return self.lm_head(self.norm(x))  # [B, T, V]
+        logits = self.lm_head(self.norm(x))  # [B, T, V]
+        if self.logit_mult != 1.0:
+            logits = logits * self.logit_mult
+        return logits

@@ -6,14 +6,15 @@ Standard (non-muP) scheme, GPT-2 / OLMo convention:
 * residual output projections (``attn.wo``, ``mlp.w2``) ~ N(0, init_std / sqrt(2 * n_layers))
 * norm gains = 1, biases = 0
 
-Seam for muP (a sibling module): every parameter is classified by
+muP (:mod:`pretrain.model.mup`): every parameter is classified by
 :func:`param_kind`, and the std for every matrix comes from a ``std_for``
-callback, so a muP init is ``init_weights(model, config, std_for=mup_std)``.
+callback; with ``config.mup`` set the default callback is
+``config.mup.init_std`` instead of :func:`default_std`.
 :mod:`pretrain.model.param_groups` uses the same classification.
 """
 
 import math
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -54,12 +55,15 @@ def default_std(kind: ParamKind, name: str, param: torch.Tensor, config: "GPTCon
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module, config: "GPTConfig", std_for: StdFn = default_std) -> None:
+def init_weights(model: nn.Module, config: "GPTConfig", std_for: Optional[StdFn] = None) -> None:
     """(Re-)initialize every parameter of ``model`` in place.
 
+    ``std_for`` defaults to muP's rule when ``config.mup`` is set, else :func:`default_std`.
     Deterministic given ``torch.manual_seed`` (parameters are visited in
     ``named_parameters()`` order; tied weights are visited once).
     """
+    if std_for is None:
+        std_for = config.mup.init_std if config.mup is not None else default_std
     for name, p in model.named_parameters():
         kind = param_kind(name, p)
         if kind == "norm":

@@ -14,10 +14,13 @@ lm_head    untied output projection                               ``weight_decay
 
 The untied lm_head is a weight matrix and is decayed like the hidden matrices,
 but it gets its own group because muP treats the output layer differently
-(its own lr multiplier). Each group carries ``"lr_mult": 1.0``; the LR scheduler
-must set ``group["lr"] = lr * group["lr_mult"]``. A muP module can rewrite
-``lr_mult`` per group (or per ``name``) without touching this file.
-Extra keys ("name", "lr_mult") are preserved by torch optimizers.
+from the hidden matrices (its own lr multiplier).
+
+Each group carries ``"lr_mult"``: 1.0 in the standard parameterization; with
+``model.config.mup`` set, ``1/m`` for ``decay`` (hidden matrices, ``m`` the
+width multiplier) and 1.0 for the others (:meth:`pretrain.model.mup.MuPConfig.lr_mult`).
+``OptimizerConfig.build`` sets each group's ``base_lr = lr * lr_mult`` and the
+schedule multiplies that. Extra keys ("name", "lr_mult") are preserved by torch optimizers.
 """
 
 from torch import nn
@@ -42,12 +45,19 @@ def param_groups(model: nn.Module, weight_decay: float, embedding_weight_decay: 
         "embed": weight_decay if embedding_weight_decay else 0.0,
         "lm_head": weight_decay,
     }
+    config = getattr(model, "config", None)
+    mup = getattr(config, "mup", None)
     params: dict[str, list[nn.Parameter]] = {name: [] for name in decays}
+    lr_mults: dict[str, set[float]] = {name: set() for name in decays}
     for name, p in model.named_parameters():  # tied weights appear once
         if p.requires_grad:
-            params[_GROUP_OF_KIND[param_kind(name, p)]].append(p)
-    return [
-        {"name": name, "params": params[name], "weight_decay": wd, "lr_mult": 1.0}
-        for name, wd in decays.items()
-        if params[name]
-    ]
+            kind = param_kind(name, p)
+            group = _GROUP_OF_KIND[kind]
+            params[group].append(p)
+            lr_mults[group].add(mup.lr_mult(kind, config) if mup is not None else 1.0)
+    groups = []
+    for name, wd in decays.items():
+        if params[name]:
+            (lr_mult,) = lr_mults[name]  # one multiplier per group, by construction
+            groups.append({"name": name, "params": params[name], "weight_decay": wd, "lr_mult": lr_mult})
+    return groups

@@ -39,9 +39,9 @@ def _due(step: int, interval: int, max_steps: int) -> bool:
 class EvalCallback(Callback):
     """Validation loss over a fixed set of validation sequences, split over ranks.
 
-    Rank r evaluates samples r, r + world, r + 2*world, ... of the first
-    ``max_samples``, so every evaluation sees the same tokens whatever the
-    training position.
+    The set is ``max_samples`` sequences spread evenly over the validation
+    split (so every source of per-source data is covered), the same at every
+    evaluation whatever the training position; rank r takes every world-th one.
     """
 
     def __init__(self, val_dataset, interval: int, max_samples: int, batch_size: int):
@@ -53,8 +53,10 @@ class EvalCallback(Callback):
     def _batches(self, ctx: "TrainContext"):
         from ..data import collate_tokens
 
-        n = min(self.max_samples, len(self.dataset))
-        mine = list(range(ctx.dist.rank, n, ctx.dist.world_size))
+        total = self.dataset.num_samples  # len() would be the per-rank share
+        n = min(self.max_samples, total)
+        chosen = [i * total // n for i in range(n)]
+        mine = chosen[ctx.dist.rank :: ctx.dist.world_size]
         for i in range(0, len(mine), self.batch_size):
             yield collate_tokens([self.dataset[j] for j in mine[i : i + self.batch_size]])
 

@@ -23,6 +23,7 @@ class TrainContext:
     seq_len: int
     micro_batch_size: int
     tokens_per_step: int
+    z_loss: float = 0.0  # weight of the z-loss term (GPTConfig.z_loss)
 
 
 def train(
@@ -35,6 +36,8 @@ def train(
     state, engine = ctx.state, ctx.engine
     for cb in callbacks:
         cb.on_train_start(ctx)
+    group0 = engine.optimizer.param_groups[0]
+    peak_lr = group0["base_lr"] / group0.get("lr_mult", 1.0)
     last = time.perf_counter()
     while not state.done:
         multiplier = schedule(state.step)
@@ -42,8 +45,8 @@ def train(
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(grad_accum)]
         data_wait = time.perf_counter() - t0
-        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device)
-        (loss,) = all_reduce_mean([out.loss], ctx.dist.device)
+        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device, ctx.z_loss)
+        loss, z_loss = all_reduce_mean([out.loss, out.z_loss], ctx.dist.device)
         state.step += 1
         state.tokens += ctx.tokens_per_step
         now = time.perf_counter()
@@ -51,10 +54,11 @@ def train(
         metrics: dict[str, Any] = {
             "step": state.step,
             "loss": loss,
-            "lr": engine.optimizer.param_groups[0]["lr"],
+            "lr": peak_lr * multiplier,  # the schedule's LR; each group scales it by its lr_mult
             "lr_multiplier": multiplier,
             "tokens": state.tokens,
             "grad_norm": out.grad_norm,
+            **({"z_loss": z_loss} if ctx.z_loss else {}),
             "step_time_s": step_time,
             "data_wait_s": data_wait,
             "tokens_per_s": ctx.tokens_per_step / step_time,

@@ -8,35 +8,35 @@ import torch
 import torch.nn.functional as F
 
 from ..data import split_batch
+from ..model.loss import lm_loss
 
 
 @dataclass
 class StepOutput:
-    loss: float  # mean over this rank's micro-batches
+    loss: float  # mean cross-entropy over this rank's micro-batches (comparable to val_loss)
+    z_loss: float  # mean weighted z-loss term (0 when off)
     grad_norm: float  # global norm before clipping, as DeepSpeed reports it
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy, computed in fp32 whatever the logits' dtype."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-
-
-def train_step(engine, micro_batches: list[torch.Tensor], seq_len: int, device: str) -> StepOutput:
+def train_step(engine, micro_batches: list[torch.Tensor], seq_len: int, device: str, z_loss: float = 0.0) -> StepOutput:
     """Accumulate gradients over ``micro_batches`` and apply one update.
 
     DeepSpeed scales each micro-batch loss by 1/grad_accum and steps the
     optimizer at the accumulation boundary (the last micro-batch).
     """
-    total = torch.zeros((), dtype=torch.float32, device=device)
+    ce_sum = torch.zeros((), dtype=torch.float32, device=device)
+    z_sum = torch.zeros((), dtype=torch.float32, device=device)
     for tokens in micro_batches:
         inputs, targets = split_batch(tokens.to(device, non_blocking=True), seq_len)
-        loss = cross_entropy(engine(inputs), targets)
+        loss, parts = lm_loss(engine(inputs), targets, z_loss)
         engine.backward(loss)
         engine.step()
-        total += loss.detach()
+        ce_sum += parts["ce"]
+        z_sum += parts["z_loss"]
     norm = engine.get_global_grad_norm()
     norm = float(norm) if norm is not None else float("nan")
-    return StepOutput(loss=(total / len(micro_batches)).item(), grad_norm=norm)
+    n = len(micro_batches)
+    return StepOutput(loss=(ce_sum / n).item(), z_loss=(z_sum / n).item(), grad_norm=norm)
 
 
 @torch.no_grad()

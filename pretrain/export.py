@@ -1,0 +1,388 @@
+"""Export a trained checkpoint to Hugging Face transformers format.
+
+::
+
+    python -m pretrain.export --run-dir runs/NAME --out exported/NAME [--tag step_00001000] [--format llama|phi3]
+
+Reads ``RUN_DIR/config.yaml`` (the resolved run config the trainer saved; its
+``model:`` section holds the :class:`GPTConfig` fields) and a checkpoint under
+the run's checkpoint directory (``RUN_DIR/checkpoints`` unless the run config
+or ``--checkpoint-dir`` says otherwise). Only checkpoints with a ``COMPLETE``
+marker are used (see :mod:`pretrain.checkpoint`); the default is the newest,
+and its files are checked against the sizes and hashes in the marker.
+
+The ZeRO-partitioned weights are consolidated to fp32 with DeepSpeed's own
+``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``
+(which unpickles the checkpoint files: export only checkpoints you trust),
+loaded into a :class:`GPT` to check that they fit the config, renamed to the
+Hugging Face architecture and written as ``OUT/model.safetensors`` +
+``OUT/config.json``, with the run's sentencepiece tokenizer (``tokenizer.model``
++ ``tokenizer_config.json`` for ``LlamaTokenizer``) when it can be found (the
+run config's ``data.tokenizer``, else the data manifest's). Everything is
+written to a temporary directory next to ``OUT`` and renamed into place.
+
+Formats:
+
+* ``llama`` -> ``LlamaForCausalLM``: RoPE, RMSNorm, SwiGLU; GQA, tied or untied
+  embeddings, and Linear biases (``attention_bias``/``mlp_bias``) are supported.
+* ``phi3`` -> ``Phi3ForCausalLM``: the same, with fused ``qkv_proj`` (q, k, v
+  stacked) and ``gate_up_proj`` (gate, then up); no biases.
+
+Configurations these classes cannot represent are refused with the reasons:
+ALiBi, LayerNorm, a GELU MLP, QK-norm, and any non-default forward multiplier
+(muP's embedding and logit multipliers and its 1/d_head attention scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from pretrain.model.gpt import GPT, GPTConfig
+
+FORMATS = ("llama", "phi3")
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM"}
+
+
+class ExportError(RuntimeError):
+    """The run, checkpoint or architecture cannot be exported (the message says why)."""
+
+
+# ---- what Hugging Face can represent --------------------------------------------------------
+
+
+def unsupported(config: GPTConfig, fmt: str) -> list[str]:
+    """Reasons why ``config`` cannot be written as ``fmt``; empty when it can."""
+    if fmt not in FORMATS:
+        return [f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}"]
+    arch = ARCHITECTURES[fmt]
+    reasons = []
+    if config.pos != "rope":
+        reasons.append(f"pos={config.pos!r}: {arch} only has RoPE positions (ALiBi is not representable)")
+    if config.norm != "rmsnorm":
+        reasons.append(f"norm={config.norm!r}: {arch} only has RMSNorm")
+    if config.mlp != "swiglu":
+        reasons.append(f"mlp={config.mlp!r}: {arch} only has a gated SiLU (SwiGLU) MLP")
+    if config.qk_norm:
+        reasons.append(f"qk_norm=True: {arch} has no QK-norm")
+    if config.bias and fmt == "phi3":
+        reasons.append("bias=True: Phi3ForCausalLM has no Linear biases (use --format llama)")
+    if config.mup is not None:
+        reasons.append(f"mup is set: muP's embedding multiplier, logit multiplier and 1/d_head attention "
+                       f"scale are not representable in {arch}")
+    else:
+        emb_mult, logit_mult, attn_scale = config.multipliers()
+        if emb_mult != 1.0:
+            reasons.append(f"emb_mult={emb_mult}: {arch} has no embedding multiplier")
+        if logit_mult != 1.0:
+            reasons.append(f"logit_mult={logit_mult}: {arch} has no logit multiplier")
+        if not math.isclose(attn_scale, config.head_dim ** -0.5, rel_tol=1e-12):
+            reasons.append(f"attn_scale={attn_scale}: {arch} scales attention by 1/sqrt(head_dim) "
+                           f"= {config.head_dim ** -0.5}")
+    return reasons
+
+
+def hf_config(config: GPTConfig, fmt: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+              dtype: str = "float32") -> dict[str, Any]:
+    """The ``config.json`` of the Hugging Face model (after :func:`unsupported` is empty)."""
+    common = {
+        "architectures": [ARCHITECTURES[fmt]],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_base,
+        "rope_scaling": None,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_dropout": 0.0,
+        "initializer_range": config.init_std,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "use_cache": True,
+        "torch_dtype": dtype,
+    }
+    if fmt == "llama":
+        return {**common, "model_type": "llama", "head_dim": config.head_dim,
+                "attention_bias": config.bias, "mlp_bias": config.bias, "pretraining_tp": 1}
+    return {**common, "model_type": "phi3", "original_max_position_embeddings": config.max_seq_len,
+            "partial_rotary_factor": 1.0, "sliding_window": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0}
+
+
+# ---- weight names ----------------------------------------------------------------------------
+
+_LLAMA_LINEAR = {  # ours (under blocks.{i}.) -> Llama (under model.layers.{i}.)
+    "attn.wq": "self_attn.q_proj",
+    "attn.wk": "self_attn.k_proj",
+    "attn.wv": "self_attn.v_proj",
+    "attn.wo": "self_attn.o_proj",
+    "mlp.w1": "mlp.gate_proj",
+    "mlp.w3": "mlp.up_proj",
+    "mlp.w2": "mlp.down_proj",
+}
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], config: GPTConfig, fmt: str) -> dict[str, torch.Tensor]:
+    """Rename (and for Phi-3 fuse) a :class:`GPT` state dict into ``fmt``'s names.
+
+    With tied embeddings only ``model.embed_tokens.weight`` is written (transformers
+    ties ``lm_head`` to it from ``tie_word_embeddings``).
+    """
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm.weight"]}
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(config.n_layers):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        out[dst + "input_layernorm.weight"] = sd[src + "attn_norm.weight"]
+        out[dst + "post_attention_layernorm.weight"] = sd[src + "mlp_norm.weight"]
+        if fmt == "llama":
+            for ours, theirs in _LLAMA_LINEAR.items():
+                for leaf in ("weight", "bias") if config.bias else ("weight",):
+                    out[f"{dst}{theirs}.{leaf}"] = sd[f"{src}{ours}.{leaf}"]
+        else:  # phi3: fused projections
+            out[dst + "self_attn.qkv_proj.weight"] = torch.cat(
+                [sd[src + "attn.wq.weight"], sd[src + "attn.wk.weight"], sd[src + "attn.wv.weight"]], dim=0)
+            out[dst + "self_attn.o_proj.weight"] = sd[src + "attn.wo.weight"]
+            out[dst + "mlp.gate_up_proj.weight"] = torch.cat([sd[src + "mlp.w1.weight"], sd[src + "mlp.w3.weight"]], dim=0)
+            out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.w2.weight"]
+    return out
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def read_run_model_config(run_dir: Path) -> tuple[GPTConfig, dict[str, Any]]:
+    """``(GPTConfig, whole run config as a dict)`` from ``RUN_DIR/config.yaml``."""
+    import yaml
+
+    from pretrain.config import ConfigError, from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ExportError(f"{path} not found: --run-dir must be a run directory written by pretrain.py")
+    data = yaml.safe_load(path.read_text()) or {}
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise ExportError(f"{path}: no `model:` section")
+    try:
+        config = from_dict(GPTConfig, model, str(path), prefix="model")
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    if config.vocab_size is None:
+        raise ExportError(f"{path}: model.vocab_size is null (not a resolved run config)")
+    return config, data
+
+
+def checkpoint_root(run_dir: Path, run: dict[str, Any], override: Optional[str] = None) -> Path:
+    """Where the run's checkpoints are: ``override``, the run config's ``checkpoint.dir``, or RUN_DIR/checkpoints."""
+    if override:
+        return Path(override)
+    configured = (run.get("checkpoint") or {}).get("dir")
+    if configured:
+        path = Path(configured)
+        if not path.is_absolute() and not path.is_dir() and (Path(run_dir) / path).is_dir():
+            path = Path(run_dir) / path
+        return path
+    return Path(run_dir) / "checkpoints"
+
+
+def choose_tag(root: Path, tag: Optional[str] = None, verify: bool = True) -> str:
+    """``tag`` if it is a complete checkpoint (else ExportError), or the newest complete one."""
+    from pretrain.checkpoint import MARKER, Checkpointer
+
+    ckpt = Checkpointer(root, keep_last=1, dist=None)
+    complete = ckpt.complete_tags()
+    if tag is None:
+        if not complete:
+            raise ExportError(f"no complete checkpoint (a step_* directory with a {MARKER} marker) in {root}")
+        tag = complete[-1]
+    elif tag not in complete:
+        state = "is incomplete (no COMPLETE marker)" if (root / tag).is_dir() else "does not exist"
+        raise ExportError(f"checkpoint {root / tag} {state}; complete checkpoints: {', '.join(complete) or 'none'}")
+    if verify:
+        bad = ckpt.verify(tag)
+        if bad:
+            raise ExportError(f"checkpoint {root / tag}: files differ from its {MARKER} marker: {', '.join(bad)}")
+    return tag
+
+
+def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of ``root/tag``, gathered from every ZeRO partition by DeepSpeed."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[str] = None,
+             verify: bool = True) -> tuple[GPT, str, dict[str, Any]]:
+    """``(model in fp32 eval mode, tag, run config dict)`` from a run's checkpoint."""
+    config, run = read_run_model_config(run_dir)
+    root = checkpoint_root(run_dir, run, checkpoint_dir)
+    tag = choose_tag(root, tag, verify)
+    sd = consolidated_state_dict(root, tag)
+    with torch.device("meta"):
+        model = GPT(config)
+    if config.tie_embeddings:
+        sd.setdefault("lm_head.weight", sd.get("tok_emb.weight"))
+    missing = set(model.state_dict()) - set(sd)
+    unexpected = set(sd) - set(model.state_dict())
+    if missing or unexpected:
+        raise ExportError(f"checkpoint {root / tag} does not fit the run's model config: "
+                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    model.load_state_dict(sd, strict=True, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    return model.float().eval(), tag, run
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+
+def tokenizer_path(run: dict[str, Any]) -> Optional[Path]:
+    """The sentencepiece model the run used: ``data.tokenizer``, else the data manifest's."""
+    data = run.get("data") or {}
+    if data.get("tokenizer"):
+        return Path(data["tokenizer"])
+    manifest = Path(str(data.get("path", ""))) / "manifest.json"
+    try:
+        tok = json.loads(manifest.read_text()).get("tokenizer", {})
+    except (OSError, ValueError):
+        return None
+    return Path(tok["path"]) if isinstance(tok, dict) and tok.get("path") else None
+
+
+def _sentencepiece_info(tok: Optional[Path]) -> tuple[dict[str, tuple[Optional[int], Optional[str]]], bool]:
+    """``({"bos"|"eos"|"unk": (id, piece)}, adds_dummy_prefix)`` of a sentencepiece model
+    (ids None without one)."""
+    ids: dict[str, tuple[Optional[int], Optional[str]]] = {"bos": (None, None), "eos": (None, None), "unk": (None, None)}
+    if tok is None:
+        return ids, False
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok))
+    for name, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id())):
+        if i >= 0:
+            ids[name] = (i, sp.id_to_piece(i))
+    pieces = sp.encode("a", out_type=str)
+    return ids, bool(pieces) and pieces[0].startswith("\u2581")
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.iterdir()):
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt: str = "llama",
+           checkpoint_dir: Optional[str] = None, dtype: str = "float32", overwrite: bool = False,
+           verify: bool = True, log=print) -> Path:
+    """Write ``out`` (see the module docstring); return its path."""
+    from safetensors.torch import save_file
+
+    run_dir, out = Path(run_dir), Path(out)
+    if dtype not in ("float32", "bfloat16"):
+        raise ExportError(f"dtype {dtype!r}: expected float32 or bfloat16")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists (pass --overwrite to replace it)")
+    config, run = read_run_model_config(run_dir)
+    reasons = unsupported(config, fmt)
+    if reasons:
+        raise ExportError(f"cannot export {run_dir} as {fmt} ({ARCHITECTURES.get(fmt, fmt)}):\n  " + "\n  ".join(reasons))
+
+    model, tag, run = load_gpt(run_dir, tag, checkpoint_dir, verify)
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: v.detach().to(torch_dtype).contiguous() for k, v in to_hf_state_dict(model.state_dict(), config, fmt).items()}
+
+    tok = tokenizer_path(run)
+    if tok is not None and not tok.is_file():
+        log(f"warning: tokenizer {tok} not found; exporting without it")
+        tok = None
+    special, dummy_prefix = _sentencepiece_info(tok)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": f"{run_dir}:{tag}"})
+        cfg = hf_config(config, fmt, special["bos"][0], special["eos"][0], dtype)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if tok is not None:
+            shutil.copyfile(tok, tmp / "tokenizer.model")
+            tok_cfg = {
+                "tokenizer_class": "LlamaTokenizer",
+                "legacy": True,  # plain sentencepiece encoding, exactly as data_prep tokenized ...
+                "add_prefix_space": dummy_prefix,  # ... (the fast tokenizer converted from it too)
+                "add_bos_token": False,  # data_prep adds no BOS ...
+                "add_eos_token": False,  # ... and appends EOS after each document itself
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": config.max_seq_len,
+                **{f"{name}_token": piece for name, (_, piece) in special.items() if piece is not None},
+            }
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        _fsync_tree(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {run_dir} checkpoint {tag} as {ARCHITECTURES[fmt]} ({dtype}) to {out}"
+        + ("" if tok is not None else " (no tokenizer)"))
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="run directory (holds config.yaml and checkpoints/)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step_00001000 (default: newest complete)")
+    p.add_argument("--format", default="llama", choices=FORMATS, help="Hugging Face architecture (default: llama)")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint directory (default: from the run config)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="tensor dtype written")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-verify", action="store_true", help="skip checking file hashes against the COMPLETE marker")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        export(args.run_dir, args.out, args.tag, args.format, args.checkpoint_dir, args.dtype,
+               args.overwrite, not args.no_verify)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
