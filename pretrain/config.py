@@ -212,7 +212,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: Problems) 
 
 def _get_dotted(obj: Any, name: str) -> Any:
     for part in name.split("."):
-        obj = getattr(obj, part, None)
+        obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
     return obj
 
 

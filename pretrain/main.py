@@ -91,7 +91,8 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
     from .checkpoint import Checkpointer
     from .data import endless
     from .model.param_groups import param_groups
-    from .training.callbacks import CheckpointCallback, EvalCallback, MetricsLogger
+    from .schedules.dual import smoothing
+    from .training.callbacks import CheckpointCallback, DualCallback, EvalCallback, MetricsLogger
     from .training.loop import TrainContext, train
     from .training.state import TrainState
 
@@ -136,12 +137,19 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
         tokens_per_step=cfg.train.global_batch_size * cfg.seq_len,
         z_loss=cfg.model.z_loss,
     )
+    schedule = cfg.build_schedule()
+    alpha = None
+    if dist.is_main:
+        try:
+            alpha = smoothing(schedule.multipliers(), cfg.dual_alpha())
+        except ValueError as e:  # LR x weight decay >= 1: the dual view does not apply
+            print(f"warning: no dual-coefficient logging: {e}", flush=True)
     callbacks = [
         EvalCallback(val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
+        DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
         CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader),
         MetricsLogger(out, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
     ]
-    schedule = cfg.schedule.build(cfg.train.max_steps)
     train(ctx, endless(loader), schedule, cfg.train.grad_accum, callbacks)
 
     if dist.is_main:

@@ -1,4 +1,4 @@
-"""The optimizer: AdamW with decoupled weight decay over the model's param groups."""
+"""The optimizer over the model's param groups: AdamW (decoupled weight decay) or SGD with momentum."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any, Literal
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-4  # peak LR of a group with lr_mult 1; the schedule multiplies it
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # decoupled (AdamW); applied to hidden matrices only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW
+    eps: float = 1e-8  # AdamW
+    momentum: float = 0.0  # SGD (the SkipLR experiments use plain SGD: 0)
+    nesterov: bool = False  # SGD
+    weight_decay: float = 0.1  # AdamW: decoupled; SGD: L2 (the same for plain SGD); hidden matrices only
     embedding_weight_decay: bool = False
     grad_clip: float = 1.0  # global gradient norm; 0 disables clipping
 
@@ -26,6 +28,10 @@ class OptimizerConfig:
             problems.append(("eps", "a number > 0"))
         if self.weight_decay < 0:
             problems.append(("weight_decay", "a number >= 0"))
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(("momentum", "a number in [0, 1)"))
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            problems.append(("nesterov", "false unless name is 'sgd' with momentum > 0"))
         if self.grad_clip < 0:
             problems.append(("grad_clip", "a norm >= 0 (0 disables clipping)"))
         return problems
@@ -42,6 +48,10 @@ class OptimizerConfig:
         for g in groups:
             base_lr = self.lr * g.get("lr_mult", 1.0)
             param_groups.append({**g, "lr": base_lr, "base_lr": base_lr})
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                param_groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay
+            )
         return torch.optim.AdamW(
             param_groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay
         )

@@ -116,6 +116,18 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def dual_alpha(self) -> float:
+        """alpha = peak LR x weight decay of the hidden matrices (muP scales their LR by 1/m).
+
+        The smoothing factor of the dual view of AdamW (D2Z paper, section 3.1).
+        """
+        m = self.model
+        mult = m.mup.lr_mult("hidden", m) if m.mup is not None else 1.0
+        return self.optimizer.lr * mult * self.optimizer.weight_decay
+
+    def build_schedule(self):
+        return self.schedule.build(self.train.max_steps, lr=self.optimizer.lr, alpha=self.dual_alpha())
+
     def hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -156,6 +168,12 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunCon
 
 
 # -- cross-checks against files and the world size -----------------------------------------
+
+def _schedule_value(schedule: ScheduleConfig, key: str) -> Any:
+    if key.startswith("params."):
+        return schedule.params.get(key.split(".", 1)[1])
+    return schedule.params if key == "params" else getattr(schedule, key, None)
+
 
 DS_BATCH_KEYS = {
     "train_batch_size": "train.global_batch_size",
@@ -218,9 +236,8 @@ def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>")
         )
 
     # Schedule fits the run.
-    warmup = cfg.schedule.warmup_for(t.max_steps)
-    if warmup > t.max_steps:
-        problems.add("schedule.warmup_steps", warmup, f"at most train.max_steps = {t.max_steps}")
+    for key, expected in cfg.schedule.check_run(t.max_steps):
+        problems.add(f"schedule.{key}", _schedule_value(cfg.schedule, key), expected)
 
     ds_config = _deepspeed_config(cfg, problems)
     problems.raise_if_any()
@@ -267,6 +284,9 @@ def _deepspeed_config(cfg: RunConfig, problems: Problems) -> dict[str, Any]:
     if "bf16" in ds and bf16 != want_bf16:
         problems.add("train.precision", cfg.train.precision, f"the same precision as bf16.enabled = {bf16} in {path}")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": want_bf16}
+    if cfg.optimizer.name != "adamw":
+        # DeepSpeed's ZeRO refuses optimizers outside its tested list (Adam/AdamW/...) unless told.
+        ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds

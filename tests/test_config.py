@@ -192,7 +192,7 @@ def test_missing_deepspeed_json(tmp_path, tiny_data):
 
 def test_warmup_longer_than_run(tmp_path, tiny_data):
     msg = error_of(load_and_resolve, DEMO, tiny_overrides(tiny_data, tmp_path) + ["schedule.warmup_steps=100"])
-    assert "schedule.warmup_steps = 100: expected at most train.max_steps = 6" in msg
+    assert "schedule.warmup_steps = 100: expected at most train.max_steps = 6 warmup updates (100)" in msg
 
 
 def test_bad_override_syntax():

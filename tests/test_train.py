@@ -46,6 +46,10 @@ def test_deepspeed_two_ranks_zero2_bf16(tiny_data, tmp_path):
     sched = ScheduleConfig(name="linear", warmup_fraction=0.1, end_ratio=0.0).build(6)
     assert [r["lr"] for r in recs] == pytest.approx([3e-3 * sched(s) for s in range(6)], rel=1e-12, abs=1e-15)
     assert recs[-1]["lr"] == 0.0
+    # The dual view of the schedule so far: weight left on the initial weights shrinks, updates carry the rest.
+    c0 = [r["dual_c0"] for r in recs]
+    assert c0[0] < 1.0 and all(a > b for a, b in zip(c0[:-1], c0[1:-1]))
+    assert all(1 <= r["dual_window50"] <= r["step"] for r in recs)
     # Validation at 3 and at the end; a finite loss that went down.
     assert [r["step"] for r in recs if "val_loss" in r] == [3, 6]
     assert all(r["loss"] == r["loss"] for r in recs) and recs[-1]["loss"] < recs[0]["loss"]
@@ -88,10 +92,12 @@ def test_plain_python_single_process_and_resume(tiny_data, tmp_path):
     assert kept == ["step_00000004", "step_00000006"]  # keep_last 2
 
 
-@pytest.mark.parametrize("stage", [1, 3])
-def test_torchrun_two_ranks_other_zero_stages(tiny_data, tmp_path, stage):
+@pytest.mark.parametrize("stage,optimizer", [(1, "adamw"), (3, "sgd")])
+def test_torchrun_two_ranks_other_zero_stages(tiny_data, tmp_path, stage, optimizer):
     run_dir = tmp_path / "run"
-    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "deepspeed.config": f"ds_configs/zero{stage}_bf16.json"})
+    extra = {"optimizer.momentum": 0.9, "optimizer.lr": 0.3} if optimizer == "sgd" else {}
+    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "deepspeed.config": f"ds_configs/zero{stage}_bf16.json",
+                                                "optimizer.name": optimizer, **extra})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "pretrain.py", "--config", DEMO, *ov]
     recs = check_run(run_cli(cmd), run_dir, 3)

@@ -75,6 +75,29 @@ class EvalCallback(Callback):
             metrics["eval_time_s"] = time.perf_counter() - t0
 
 
+class DualCallback(Callback):
+    """Adds the dual view of the schedule so far (c_{t,0} and the 50% window) every ``interval`` updates.
+
+    ``alpha`` holds alpha_t = LR x weight decay of the hidden matrices for every
+    update of the run (the schedule is a pure function of the step, so it is
+    computed once); see pretrain/schedules/dual.py.
+    """
+
+    def __init__(self, alpha, interval: int, is_main: bool):
+        self.alpha = alpha
+        self.interval = interval
+        self.is_main = is_main
+
+    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+        step = ctx.state.step
+        if self.is_main and _due(step, self.interval, ctx.state.max_steps):
+            from ..schedules.dual import summarize
+
+            summary = summarize(self.alpha, step)
+            metrics["dual_c0"] = summary.c0
+            metrics["dual_window50"] = summary.window50
+
+
 class CheckpointCallback(Callback):
     """Save every ``interval`` updates and after the last one."""
 
@@ -160,6 +183,8 @@ _TB_GROUPS = {
     "eval_time_s": "perf/eval_time_s",
     "lr": "lr/peak_group",
     "lr_multiplier": "lr/multiplier",
+    "dual_c0": "dual/c0_initial_weight",
+    "dual_window50": "dual/window50_updates",
 }
 
 
@@ -195,4 +220,4 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-__all__ = ["Callback", "EvalCallback", "CheckpointCallback", "MetricsLogger", "read_metrics"]
+__all__ = ["Callback", "EvalCallback", "DualCallback", "CheckpointCallback", "MetricsLogger", "read_metrics"]
