@@ -1,40 +1,68 @@
-"""Atomic checkpoints on top of DeepSpeed's ``save_checkpoint``.
+"""Checkpoints you can trust, on top of DeepSpeed's ``save_checkpoint``.
 
 Layout under the checkpoint directory::
 
-    step_00000100/            DeepSpeed's files (ZeRO-partitioned weights and optimizer state)
-    step_00000100/trainer_state_rank{R}.json   our counters and data position, one per rank
-    step_00000100/COMPLETE    written last, by rank 0, after every rank has finished writing:
-                              the step, the config hash, and size + sha256 of every file
-    latest                    name of the newest complete checkpoint
+    step_00000100/                          one checkpoint ("tag")
+        mp_rank_00_model_states.pt, *_optim_states.pt    DeepSpeed's (ZeRO-partitioned) files
+        trainer_state_rank{R}.json          per rank: step, tokens, data-loader position, RNG states
+        config.yaml                         the resolved run config that wrote it
+        MANIFEST.json                       size and sha256 of every file above
+        COMPLETE                            written last: step, config hash, version, world size
+    latest                                  name of the newest complete checkpoint (a hint)
 
-DeepSpeed's own ``latest`` file is never written (it is written before every
-rank has finished). A checkpoint without ``COMPLETE`` is never loaded, and
-pruning removes the marker before the files. Every small file is written to a
-temporary name, fsynced and renamed.
+The commit runs after a barrier, once every rank has finished writing: the
+manifest, then the marker, then the pointer, each written to a temporary name,
+fsynced and renamed. DeepSpeed's own ``latest`` file is never written (rank 0
+writes it before the other ranks are done). A checkpoint without its marker is
+never loaded; one whose files differ from its manifest is skipped with a
+warning naming the file, for the previous complete one. Pruning keeps the
+newest ``keep_last`` plus the permanent ones, and deletes a checkpoint's marker
+before its files.
+
+DeepSpeed loads its files with ``torch.load(weights_only=False)``; we load
+them with ``weights_only=True``, allowing only the three DeepSpeed classes its
+files contain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Literal, Optional
 
 from . import __version__
 from .distributed import DistInfo, barrier
-from .training.state import TrainState
 
 MARKER = "COMPLETE"
+MANIFEST = "MANIFEST.json"
 POINTER = "latest"
 TAG_RE = re.compile(r"^step_(\d{8,})$")
+PAUSE_ENV = "PRETRAIN_TEST_PAUSE_AT"  # test-only: "phase[@rank][#step]" pauses a save there
+SAVE_PHASES = ("engine_save", "rank_state", "manifest", "marker", "pointer", "prune")
+
+Verify = Literal["hash", "size", "none"]
+
+
+class CheckpointError(RuntimeError):
+    pass
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    m = TAG_RE.match(tag)
+    if not m:
+        raise CheckpointError(f"{tag!r} is not a checkpoint name (expected step_NNNNNNNN)")
+    return int(m.group(1))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -55,98 +83,221 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 
 
+def _pause_for_tests(phase: str, rank: int, root: Path, step: int) -> None:
+    """Test hook: block forever at ``phase`` so a test can kill -9 the process there."""
+    want = os.environ.get(PAUSE_ENV)
+    if not want:
+        return
+    want, _, at_step = want.partition("#")
+    name, _, who = want.partition("@")
+    if name == phase and (not who or int(who) == rank) and (not at_step or int(at_step) == step):
+        (root / f".paused-{phase}-rank{rank}").touch()
+        while True:
+            time.sleep(1)
+
+
+# DeepSpeed's checkpoint files hold these classes besides tensors and plain data.
+def _deepspeed_safe_globals() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Within the block, every ``torch.load`` (DeepSpeed's included) runs with ``weights_only=True``."""
+    import torch
+
+    original = torch.load
+    allowed = _deepspeed_safe_globals()
+
+    def safe_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(allowed):
+            return original(*args, **kwargs)
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 class Checkpointer:
-    def __init__(self, root: Path, keep_last: int, dist: DistInfo, config_hash: str = ""):
+    def __init__(
+        self,
+        root: Path,
+        keep_last: int,
+        dist: DistInfo,
+        config_hash: str = "",
+        config_yaml: str = "",
+        verify: Verify = "hash",
+    ):
         self.root = Path(root)
         self.keep_last = keep_last
         self.dist = dist
         self.config_hash = config_hash
+        self.config_yaml = config_yaml
+        self.verify_mode = verify
 
     # -- saving ----------------------------------------------------------------------------
-    def save(self, engine, state: TrainState, data_state: Optional[dict[str, Any]]) -> Path:
+    def save(self, engine, state, rank_state: dict[str, Any], permanent: bool = False) -> Path:
+        """Save ``engine`` and this rank's ``rank_state``; commit once every rank is done."""
         tag = tag_for(state.step)
         path = self.root / tag
+        rank = self.dist.rank
         if self.dist.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            if (path / MARKER).exists():  # re-saving a step: invalidate the old copy first
-                (path / MARKER).unlink()
+            (path / MARKER).unlink(missing_ok=True)  # re-saving a step: it is incomplete until committed
         barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
-        rank_state = {"state": state.to_dict(), "data": data_state, "rank": self.dist.rank}
-        atomic_write_text(path / f"trainer_state_rank{self.dist.rank}.json", json.dumps(rank_state))
+        _pause_for_tests("engine_save", rank, self.root, state.step)
+        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+        # The universal-checkpoint info lets ds_to_universal convert this checkpoint for another world size.
+        client = {UNIVERSAL_CHECKPOINT_INFO: {"universal_checkpoint_version": 0.2}}
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=client, save_latest=False)
+        full_state = {**rank_state, "state": state.to_dict(), "rank": rank, "world_size": self.dist.world_size}
+        atomic_write_text(path / f"trainer_state_rank{rank}.json", json.dumps(full_state))
+        _pause_for_tests("rank_state", rank, self.root, state.step)
         barrier()  # every rank's files are on disk
         if self.dist.is_main:
-            files = {
-                str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.name != MARKER and not p.name.startswith(".")
-            }
-            marker = {
-                "step": state.step,
-                "tokens": state.tokens,
-                "world_size": self.dist.world_size,
-                "config_hash": self.config_hash,
-                "version": __version__,
-                "files": files,
-            }
-            atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
-            atomic_write_text(self.root / POINTER, tag + "\n")
-            self._prune()
+            self._commit(path, state, permanent)
         barrier()
         return path
 
-    def _prune(self) -> None:
-        complete = self.complete_tags()
-        for tag in complete[: -self.keep_last]:
-            (self.root / tag / MARKER).unlink(missing_ok=True)
-            shutil.rmtree(self.root / tag, ignore_errors=True)
+    def _commit(self, path: Path, state, permanent: bool) -> None:
+        rank = self.dist.rank
+        if self.config_yaml:
+            atomic_write_text(path / "config.yaml", self.config_yaml)
+        files = {
+            str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
+        }
+        manifest_text = json.dumps({"files": files}, indent=1)
+        atomic_write_text(path / MANIFEST, manifest_text)
+        _pause_for_tests("manifest", rank, self.root, state.step)
+        marker = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "world_size": self.dist.world_size,
+            "config_hash": self.config_hash,
+            "version": __version__,
+            "permanent": permanent,
+            "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
+        }
+        atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
+        _pause_for_tests("marker", rank, self.root, state.step)
+        atomic_write_text(self.root / POINTER, path.name + "\n")
+        _pause_for_tests("pointer", rank, self.root, state.step)
+        self._prune()
 
-    # -- finding and loading ---------------------------------------------------------------
+    def _prune(self, step: int = 0) -> None:
+        removable = [t for t in self.complete_tags() if not self.marker(t).get("permanent")]
+        for tag in removable[: -self.keep_last]:
+            (self.root / tag / MARKER).unlink(missing_ok=True)
+            _pause_for_tests("prune", self.dist.rank, self.root, step)
+            shutil.rmtree(self.root / tag, ignore_errors=True)
+        # Incomplete leftovers older than the newest complete checkpoint (a save killed midway).
+        complete = self.complete_tags()
+        if complete:
+            newest = step_of(complete[-1])
+            for p in self.root.iterdir():
+                if TAG_RE.match(p.name) and p.name not in complete and step_of(p.name) < newest:
+                    shutil.rmtree(p, ignore_errors=True)
+
+    # -- finding and checking --------------------------------------------------------------
     def complete_tags(self) -> list[str]:
         """Complete checkpoints, oldest first."""
         if not self.root.is_dir():
             return []
         tags = [p.name for p in self.root.iterdir() if TAG_RE.match(p.name) and (p / MARKER).is_file()]
-        return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)))
+        return sorted(tags, key=step_of)
 
-    def latest(self) -> Optional[str]:
-        """The newest complete checkpoint (the pointer is a hint; the markers decide)."""
-        tags = self.complete_tags()
-        return tags[-1] if tags else None
+    def marker(self, tag: str) -> dict[str, Any]:
+        return json.loads((self.root / tag / MARKER).read_text())
 
-    def verify(self, tag: str) -> list[str]:
-        """Files of ``tag`` whose size or hash differs from its marker."""
+    def verify(self, tag: str, mode: Optional[Verify] = None) -> list[str]:
+        """Problems with ``tag``'s files against its manifest: ``'<file>: <what>'``; [] if sound."""
+        mode = mode or self.verify_mode
         path = self.root / tag
-        marker = json.loads((path / MARKER).read_text())
+        try:
+            marker = self.marker(tag)
+            manifest_text = (path / MANIFEST).read_text()
+        except (OSError, json.JSONDecodeError) as e:
+            return [f"{path}: unreadable marker or manifest ({e})"]
+        if hashlib.sha256(manifest_text.encode()).hexdigest() != marker.get("manifest_sha256"):
+            return [f"{path / MANIFEST}: does not match its COMPLETE marker"]
+        if mode == "none":
+            return []
         bad = []
-        for name, meta in marker["files"].items():
+        for name, meta in json.loads(manifest_text)["files"].items():
             f = path / name
-            if not f.is_file() or f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
-                bad.append(str(f))
+            if not f.is_file():
+                bad.append(f"{f}: missing")
+            elif f.stat().st_size != meta["bytes"]:
+                bad.append(f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']}")
+            elif mode == "hash" and sha256_file(f) != meta["sha256"]:
+                bad.append(f"{f}: sha256 differs from the manifest")
         return bad
 
-    def load(self, engine, tag: str) -> dict[str, Any]:
-        """Load weights and optimizer state of ``tag``; return this rank's trainer state."""
+    def newest_sound(self) -> Optional[str]:
+        """The newest complete checkpoint whose files check out, warning about each one skipped.
+
+        None when there is no complete checkpoint; CheckpointError when there are
+        some but every one is damaged.
+        """
+        tags = self.complete_tags()
+        for tag in reversed(tags):
+            problems = self.verify(tag)
+            if not problems:
+                return tag
+            print(f"warning: skipping checkpoint {self.root / tag}: {'; '.join(problems)}", file=sys.stderr, flush=True)
+        if tags:
+            raise CheckpointError(f"no loadable checkpoint in {self.root}: all {len(tags)} complete ones are damaged (see warnings)")
+        return None
+
+    def resolve_tag_path(self, path: Path) -> tuple[Path, str]:
+        """(checkpoint root, tag) of a checkpoint directory given by the user; refuses anything else."""
+        path = Path(path).resolve()
+        if not TAG_RE.match(path.name) or not (path / MARKER).is_file():
+            raise CheckpointError(f"{path}: not a complete checkpoint (expected a step_NNNNNNNN directory with a {MARKER} marker)")
+        return path.parent, path.name
+
+    # -- loading -----------------------------------------------------------------------------
+    def load(self, engine, tag: str, load_dir: Optional[Path] = None) -> dict[str, Any]:
+        """Load weights and optimizer state of ``tag``; return this rank's trainer state.
+
+        ``load_dir`` holds the DeepSpeed files when they were converted (universal
+        checkpoint for another world size); the trainer state always comes from
+        ``root/tag``. On a world size other than the saver's, a rank with no file
+        of its own gets rank 0's (the data position is global; RNG states are not
+        carried over then).
+        """
         path = (self.root / tag).resolve()
-        if self.root.resolve() not in path.parents:
-            raise ValueError(f"checkpoint {tag!r} is outside the checkpoint directory {self.root}")
-        load_path, _ = engine.load_checkpoint(
-            str(self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
-        rank_file = path / f"trainer_state_rank{self.dist.rank}.json"
-        if not rank_file.is_file():
-            raise RuntimeError(
-                f"{rank_file} not found: checkpoint {tag} was saved by "
-                f"{json.loads((path / MARKER).read_text())['world_size']} ranks, this run has {self.dist.world_size}"
+        if self.root.resolve() not in path.parents or not TAG_RE.match(tag):
+            raise CheckpointError(f"checkpoint {tag!r} is outside the checkpoint directory {self.root}")
+        with weights_only_loading():
+            load_path, _ = engine.load_checkpoint(
+                str(load_dir or self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
             )
-        return json.loads(rank_file.read_text())
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load checkpoint {path}")
+        rank_file = path / f"trainer_state_rank{self.dist.rank}.json"
+        same_world = self.marker(tag)["world_size"] == self.dist.world_size
+        if not same_world or not rank_file.is_file():
+            rank_file = path / "trainer_state_rank0.json"
+        saved = json.loads(rank_file.read_text())
+        if not same_world:
+            saved.pop("rng", None)
+        return saved

@@ -132,6 +132,8 @@ class DataConfig:
             validate_hash="sha1" if self.validate_hash else None,
             replication=None,
         )
+        import torch
+
         return StreamingDataLoader(
             ds,
             batch_size=micro_batch_size,
@@ -139,6 +141,9 @@ class DataConfig:
             collate_fn=collate_tokens,
             drop_last=True,
             persistent_workers=False,
+            # Its own generator: starting an epoch must not draw from the global RNG (dropout's),
+            # or a resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def build_val_dataset(self):

@@ -89,14 +89,6 @@ def all_reduce_sum(values: list[float], device: str) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean(values: list[float], device: str) -> list[float]:
-    """Mean over ranks of a few scalars, in one collective."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return [v / world for v in all_reduce_sum(values, device)]
-
-
 def release_shared_memory(dist: DistInfo) -> None:
     """Remove DeepSpeed's CPU all-reduce buffers in /dev/shm (it never does; ~66 MB per rank).
 

@@ -224,7 +224,10 @@ def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    from pretrain.checkpoint import weights_only_loading
+
+    with weights_only_loading():  # DeepSpeed's own loader would unpickle arbitrary objects
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 

@@ -15,6 +15,7 @@ from .config import ConfigError, Sources
 from .distributed import DistInfo, world_from_env
 
 EXIT_CONFIG_ERROR = 2
+EXIT_CHECKPOINT_ERROR = 3
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -25,6 +26,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
     p.add_argument("--dry-run", action="store_true", help="check the config and print the plan; do not train")
+    p.add_argument("--branch-from", metavar="CKPT", help="start from another run's checkpoint (.../checkpoints/step_N): "
+                   "same as checkpoint.branch_from=CKPT")
+    p.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
+                   help="save and stop (exit code 75) after K updates in this launch; relaunch to continue")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return p.parse_args(argv)
@@ -42,8 +47,9 @@ def load_and_check(config_path: str, overrides: Sequence[str], world_size: int):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     rank, world_size, _, _ = world_from_env()
+    overrides = list(args.overrides) + ([f"checkpoint.branch_from={args.branch_from}"] if args.branch_from else [])
     try:
-        cfg, ds_config = load_and_check(args.config, args.overrides, world_size)
+        cfg, ds_config = load_and_check(args.config, overrides, world_size)
     except ConfigError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
@@ -54,9 +60,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from .distributed import barrier, init_distributed, release_shared_memory
 
+    from .checkpoint import CheckpointError
+
     dist = init_distributed()
     try:
-        run(cfg, ds_config, dist)
+        try:
+            code = run(cfg, ds_config, dist, args.stop_after_steps)
+        except CheckpointError as e:
+            if rank == 0:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            return EXIT_CHECKPOINT_ERROR
         barrier()
     finally:
         release_shared_memory(dist)
@@ -64,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    return 0
+    return code
 
 
 def plan_text(cfg, world_size: int) -> str:
@@ -83,7 +96,8 @@ def plan_text(cfg, world_size: int) -> str:
     )
 
 
-def run(cfg, ds_config: dict, dist: DistInfo) -> None:
+def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
+    """Train; returns 0 when max_steps is reached, EXIT_INCOMPLETE when stopped early (saved)."""
     import deepspeed
     import torch
     import yaml
@@ -91,18 +105,31 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
     from .checkpoint import Checkpointer
     from .data import endless
     from .model.param_groups import param_groups
+    from .resume import check_compatible, find_start, prepare_world_size, write_lineage
     from .schedules.dual import smoothing
     from .training.callbacks import CheckpointCallback, DualCallback, EvalCallback, MetricsLogger
+    from .training.control import EXIT_INCOMPLETE, RunControl
     from .training.loop import TrainContext, train
+    from .training.rng import restore_rng
     from .training.state import TrainState
 
     _quiet_deepspeed(dist)
+    control = RunControl(cfg.checkpoint.interval_minutes, stop_after_steps).install()
     out = cfg.out_dir
+    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+        (out / "config.yaml").write_text(config_yaml)
         print(plan_text(cfg, dist.world_size), flush=True)
+
+    # Where this launch starts, decided before DeepSpeed is set up (a universal checkpoint changes its config).
+    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash(), config_yaml, cfg.checkpoint.verify)
+    start = find_start(cfg, dist, checkpointer)
+    if start is not None:
+        check_compatible(start, cfg)
+        start = prepare_world_size(start, checkpointer.root, dist, ds_config)
+    if dist.is_main:
+        (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = cfg.model.build()
@@ -118,15 +145,20 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
     val = cfg.data.build_val_dataset()
 
     state = TrainState(max_steps=cfg.train.max_steps)
-    checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash())
-    tag = checkpointer.latest() if cfg.checkpoint.resume else None
-    if tag is not None:
-        saved = checkpointer.load(engine, tag)
+    if start is not None:
+        saved = checkpointer.load(engine, start.tag, start.load_dir) if not start.branch else Checkpointer(
+            start.root, 1, dist, verify=cfg.checkpoint.verify).load(engine, start.tag, start.load_dir)
         state.step, state.tokens = saved["state"]["step"], saved["state"]["tokens"]
         if saved.get("data") is not None:
             loader.load_state_dict(saved["data"])
+        if saved.get("rng") is not None and cfg.checkpoint.restore_rng:
+            restore_rng(saved["rng"])
         if dist.is_main:
-            print(f"resumed from {checkpointer.root / tag} at step {state.step}", flush=True)
+            how = "branched from" if start.branch else "resumed from"
+            extra = f" (converted from {start.marker['world_size']} ranks)" if start.universal else ""
+            print(f"{how} {start.path} at step {state.step}{extra}", flush=True)
+            if start.branch:
+                write_lineage(start, cfg, out)
 
     ctx = TrainContext(
         engine=engine,
@@ -136,6 +168,7 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
         micro_batch_size=cfg.train.micro_batch_size,
         tokens_per_step=cfg.train.global_batch_size * cfg.seq_len,
         z_loss=cfg.model.z_loss,
+        control=control,
     )
     schedule = cfg.build_schedule()
     alpha = None
@@ -144,19 +177,28 @@ def run(cfg, ds_config: dict, dist: DistInfo) -> None:
             alpha = smoothing(schedule.multipliers(), cfg.dual_alpha())
         except ValueError as e:  # LR x weight decay >= 1: the dual view does not apply
             print(f"warning: no dual-coefficient logging: {e}", flush=True)
+    permanent = cfg.checkpoint.permanent_steps(cfg.schedule, cfg.train.max_steps)
     callbacks = [
         EvalCallback(val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
         DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
-        CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader),
+        CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader, permanent, control),
         MetricsLogger(out, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
     ]
     train(ctx, endless(loader), schedule, cfg.train.grad_accum, callbacks)
+    control.uninstall()
 
+    if not state.done:
+        if dist.is_main:
+            why = f"signal {control.signal}" if control.signal else f"--stop-after-steps {stop_after_steps}"
+            print(f"stopped at step {state.step} of {state.max_steps} ({why}); saved {checkpointer.root}; "
+                  f"relaunch the same command to continue (exit code {EXIT_INCOMPLETE})", flush=True)
+        return EXIT_INCOMPLETE
     if dist.is_main:
         from .plot import plot_run
 
         png = plot_run(out)
         print(f"done: {state.step} steps, {state.tokens:,} tokens; loss curve {png}", flush=True)
+    return 0
 
 
 def _quiet_deepspeed(dist: DistInfo) -> None:

@@ -59,17 +59,37 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     dir: Optional[str] = None  # default: <run_dir>/checkpoints
-    interval: int = 0  # save every N updates; 0: only at the end
-    keep_last: int = 2  # complete checkpoints kept (older ones are pruned)
-    resume: bool = True  # continue from the newest complete checkpoint in `dir` if there is one
+    interval: int = 0  # save every N updates; 0: only at the end (and on preemption)
+    interval_minutes: float = 0.0  # also save when this much time passed since the last save; 0: off
+    keep_last: int = 2  # complete checkpoints kept besides the permanent ones (older ones are pruned)
+    resume: bool = True  # continue from the newest sound checkpoint in `dir` if there is one
+    verify: Literal["hash", "size", "none"] = "hash"  # check files against the manifest before loading
+    permanent: list[int] = field(default_factory=list)  # steps saved and never pruned (branch points)
+    permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
+    schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
+    branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
+    restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        if self.interval < 0:
-            problems.append(("interval", "an integer >= 0"))
+        for name in ("interval", "permanent_every"):
+            if getattr(self, name) < 0:
+                problems.append((name, "an integer >= 0"))
+        if self.interval_minutes < 0:
+            problems.append(("interval_minutes", "a number of minutes >= 0"))
         if self.keep_last < 1:
             problems.append(("keep_last", "an integer >= 1"))
+        if any(s < 1 for s in self.permanent):
+            problems.append(("permanent", "steps >= 1"))
         return problems
+
+    def permanent_steps(self, schedule: "ScheduleConfig", max_steps: int) -> list[int]:
+        steps = set(self.permanent)
+        if self.permanent_every:
+            steps.update(range(self.permanent_every, max_steps + 1, self.permanent_every))
+        if self.schedule_branch_points:
+            steps.update(schedule.branch_points(max_steps))
+        return sorted(s for s in steps if 1 <= s <= max_steps)
 
 
 @dataclass
@@ -234,6 +254,20 @@ def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>")
             f"train.micro_batch_size ({t.micro_batch_size}) x train.grad_accum ({t.grad_accum}) x world size "
             f"({world_size}) = {t.micro_batch_size * t.grad_accum * world_size}",
         )
+
+    # Branch source and permanent steps.
+    c = cfg.checkpoint
+    if c.branch_from is not None:
+        from .checkpoint import MARKER, TAG_RE
+
+        src = Path(c.branch_from)
+        if not (TAG_RE.match(src.name) and (src / MARKER).is_file()):
+            problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory (.../checkpoints/step_NNNNNNNN with a {MARKER} marker)")
+        elif src.resolve().parent == cfg.checkpoint_dir.resolve():
+            problems.add("checkpoint.branch_from", c.branch_from, "a checkpoint of another run (this is the run's own checkpoint directory; a branch needs its own run_dir)")
+    late = [s for s in c.permanent if s > t.max_steps]
+    if late:
+        problems.add("checkpoint.permanent", c.permanent, f"steps within the run (<= train.max_steps = {t.max_steps}); {late} are not")
 
     # Schedule fits the run.
     for key, expected in cfg.schedule.check_run(t.max_steps):

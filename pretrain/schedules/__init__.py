@@ -51,18 +51,26 @@ CONTEXT_KEYS = ("lr", "alpha")
 class Registered:
     fn: DecayFn
     check: Optional[CheckFn] = None  # check(T, W, **params) -> [(param, expected), ...]
+    branch_points: Optional[Callable[..., list]] = None  # (T, W, **params) -> steps worth keeping to branch from
 
 
 SCHEDULES: dict[str, Registered] = {}
 
 
-def register_schedule(name: str, check: Optional[CheckFn] = None) -> Callable[[DecayFn], DecayFn]:
-    """Register ``fn(t, T, W, **params) -> multiplier`` under ``name``."""
+def register_schedule(
+    name: str, check: Optional[CheckFn] = None, branch_points: Optional[Callable[..., list]] = None
+) -> Callable[[DecayFn], DecayFn]:
+    """Register ``fn(t, T, W, **params) -> multiplier`` under ``name``.
+
+    ``check(T, W, **params)`` returns ``[(param, expected), ...]`` problems with the
+    parameters for a run of T updates; ``branch_points(T, W, **params)`` returns the
+    steps whose checkpoints are kept permanently to branch from.
+    """
 
     def deco(fn: DecayFn) -> DecayFn:
         if name in SCHEDULES and SCHEDULES[name].fn is not fn:
             raise ValueError(f"schedule {name!r} is already registered ({SCHEDULES[name].fn.__module__})")
-        SCHEDULES[name] = Registered(fn, check)
+        SCHEDULES[name] = Registered(fn, check, branch_points)
         return fn
 
     return deco
@@ -128,7 +136,7 @@ def _check_step(T: int, W: int, *, milestones: list = (), factor: float = 0.1) -
     return problems
 
 
-@register_schedule("step", check=_check_step)
+@register_schedule("step", check=_check_step, branch_points=lambda T, W, milestones=(), **_: [m - 1 for m in milestones])
 def step(t: int, T: int, W: int, *, milestones: list[int] = (), factor: float = 0.1) -> float:
     """Step decay: multiply by ``factor`` at each milestone.
 
@@ -193,7 +201,11 @@ def _check_wsd(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int]
     return problems
 
 
-@register_schedule("wsd", check=_check_wsd)
+def _wsd_branch_points(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int] = None, **_) -> list:
+    return [T - _decay_steps(T, decay, decay_steps)]  # the end of the stable phase
+
+
+@register_schedule("wsd", check=_check_wsd, branch_points=_wsd_branch_points)
 def wsd(
     t: int,
     T: int,
@@ -246,7 +258,11 @@ def _check_skiplr(T: int, W: int, *, eta_before: float, eta_after: Optional[floa
     return problems
 
 
-@register_schedule("skiplr", check=_check_skiplr)
+def _skiplr_branch_points(T: int, W: int, *, eta_after=None, k_s=None, switches=(), **_) -> list:
+    return [k - 1 for k, _ in _skip_switches(eta_after, k_s, switches)]  # the step before each switch
+
+
+@register_schedule("skiplr", check=_check_skiplr, branch_points=_skiplr_branch_points)
 def skiplr(
     t: int,
     T: int,
@@ -352,6 +368,15 @@ class ScheduleConfig:
         if check is not None:
             problems += check(total_steps, warmup, **self.kwargs())
         return problems
+
+    def branch_points(self, total_steps: int) -> list[int]:
+        """Steps worth keeping to branch from: the end of warmup and the schedule's own points."""
+        W = self.warmup_for(total_steps)
+        points = [W] if W > 0 else []
+        fn = SCHEDULES[self.name].branch_points
+        if fn is not None:
+            points += fn(total_steps, W, **self.kwargs())
+        return sorted(p for p in set(points) if 1 <= p < total_steps)
 
     def build(self, total_steps: int, lr: float = 1.0, alpha: float = 0.0) -> "Schedule":
         """Bind to a run: its length, its peak ``lr`` and ``alpha`` = peak LR x weight decay of decayed matrices."""

@@ -99,18 +99,30 @@ class DualCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Save every ``interval`` updates and after the last one."""
+    """Save every ``interval`` updates, at the permanent steps, when the time interval has
+    passed or a stop was requested (preemption), and after the last update."""
 
-    def __init__(self, checkpointer: "Checkpointer", interval: int, data_loader=None):
+    def __init__(self, checkpointer: "Checkpointer", interval: int, data_loader=None, permanent=(), control=None):
         self.checkpointer = checkpointer
         self.interval = interval
         self.data_loader = data_loader
+        self.permanent = set(permanent)
+        self.control = control
 
     def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
-        if _due(ctx.state.step, self.interval, ctx.state.max_steps):
-            data_state = self.data_loader.state_dict() if self.data_loader is not None else None
-            path = self.checkpointer.save(ctx.engine, ctx.state, data_state)
+        state = ctx.state
+        permanent = state.step in self.permanent
+        if permanent or state.stop or state.save_due or _due(state.step, self.interval, state.max_steps):
+            from .rng import capture_rng
+
+            rank_state = {
+                "data": self.data_loader.state_dict() if self.data_loader is not None else None,
+                "rng": capture_rng(),
+            }
+            path = self.checkpointer.save(ctx.engine, state, rank_state, permanent=permanent)
             metrics["checkpoint"] = str(path)
+            if self.control is not None:
+                self.control.saved()
 
 
 class MetricsLogger(Callback):

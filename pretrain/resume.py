@@ -1,0 +1,167 @@
+"""Where a launch starts: fresh, resumed from the run's own newest sound checkpoint, or
+branched from another run's checkpoint (e.g. a WSD cooldown from a stable-phase step).
+
+Rank 0 decides and the other ranks follow. A checkpoint saved by another world
+size is converted to DeepSpeed's universal format first (into this run's own
+checkpoint directory: the source is never written to).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .checkpoint import MARKER, Checkpointer, CheckpointError, step_of
+from .distributed import DistInfo, barrier
+
+# Model fields a resume may change; any other model change cannot load the saved weights.
+MODEL_FIELDS_FREE = {"activation_checkpointing", "dropout"}
+
+
+@dataclass
+class StartPoint:
+    root: Path  # checkpoint directory holding ``tag`` (this run's, or the parent's for a branch)
+    tag: str
+    marker: dict[str, Any]
+    branch: bool  # from another run's checkpoint
+    load_dir: Optional[Path] = None  # DeepSpeed files converted for another world size
+    universal: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.tag
+
+    @property
+    def step(self) -> int:
+        return step_of(self.tag)
+
+
+def _broadcast(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def find_start(cfg, dist: DistInfo, own: Checkpointer) -> Optional[StartPoint]:
+    """This run's newest sound checkpoint; else ``checkpoint.branch_from``; else None (fresh)."""
+    found: Any = None
+    if dist.is_main:
+        try:
+            tag = own.newest_sound() if cfg.checkpoint.resume else None
+            if tag is not None:
+                found = ("own", str(own.root), tag)
+            elif cfg.checkpoint.branch_from:
+                root, tag = own.resolve_tag_path(Path(cfg.checkpoint.branch_from))
+                parent = Checkpointer(root, 1, dist, verify=cfg.checkpoint.verify)
+                problems = parent.verify(tag)
+                if problems:
+                    raise CheckpointError(f"cannot branch from {root / tag}: {'; '.join(problems)}")
+                found = ("branch", str(root), tag)
+        except CheckpointError as e:
+            found = ("error", str(e), "")
+    found = _broadcast(found)
+    if found is None:
+        return None
+    kind, root, tag = found
+    if kind == "error":
+        raise CheckpointError(root)
+    marker = json.loads((Path(root) / tag / MARKER).read_text())
+    return StartPoint(Path(root), tag, marker, branch=(kind == "branch"))
+
+
+def check_compatible(start: StartPoint, cfg) -> None:
+    """Refuse a start that cannot work, saying why."""
+    saved_cfg_path = start.path / "config.yaml"
+    if not saved_cfg_path.is_file():
+        return
+    saved = yaml.safe_load(saved_cfg_path.read_text())
+    now = cfg.to_dict()
+    changed = sorted(
+        k for k in set(saved["model"]) | set(now["model"])
+        if k not in MODEL_FIELDS_FREE and saved["model"].get(k) != now["model"].get(k)
+    )
+    if changed:
+        diffs = ", ".join(f"model.{k}: {saved['model'].get(k)!r} -> {now['model'].get(k)!r}" for k in changed)
+        raise CheckpointError(f"cannot start from {start.path}: the model differs from the one saved ({diffs})")
+    if saved["train"]["global_batch_size"] != now["train"]["global_batch_size"]:
+        raise CheckpointError(
+            f"cannot start from {start.path}: train.global_batch_size {saved['train']['global_batch_size']} -> "
+            f"{now['train']['global_batch_size']} changes the data order from the resume point on "
+            "(mosaicml-streaming's deterministic resume needs the same global batch)"
+        )
+    if start.step > cfg.train.max_steps:
+        raise CheckpointError(f"cannot start from {start.path}: its step {start.step} is past train.max_steps = {cfg.train.max_steps}")
+
+
+def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_config: dict) -> StartPoint:
+    """Convert a checkpoint saved by another world size to DeepSpeed's universal format."""
+    saved_world = start.marker["world_size"]
+    if saved_world == dist.world_size:
+        return start
+    out_root = own_root / ".universal"
+    out = out_root / start.tag
+    error = None
+    if dist.is_main and not (out / ".done").is_file():
+        print(f"converting {start.path} ({saved_world} ranks) to a universal checkpoint for {dist.world_size} ranks", flush=True)
+        tmp = out_root / f".tmp-{start.tag}"
+        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(start.path),
+             "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1",
+             "--inject_missing_state"],
+            capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            error = f"cannot convert {start.path} for world size {dist.world_size}: ds_to_universal failed:\n{res.stderr[-3000:]}"
+        else:
+            (tmp / ".done").touch()
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            tmp.rename(out)
+    error = _broadcast(error)
+    if error:
+        raise CheckpointError(error)
+    barrier()
+    ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    return StartPoint(start.root, start.tag, start.marker, start.branch, load_dir=out_root, universal=True)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def write_lineage(start: StartPoint, cfg, out_dir: Path) -> dict[str, Any]:
+    """Record where a branch came from: parent run, step, and what its config changed."""
+    from .checkpoint import atomic_write_text
+
+    parent_cfg_path = start.path / "config.yaml"
+    parent = yaml.safe_load(parent_cfg_path.read_text()) if parent_cfg_path.is_file() else {}
+    a, b = _flatten(parent), _flatten(cfg.to_dict())
+    diff = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    lineage = {
+        "parent_checkpoint": str(start.path.resolve()),
+        "parent_run_dir": parent.get("run_dir") or str(start.root.parent),
+        "parent_config_hash": start.marker.get("config_hash"),
+        "step": start.step,
+        "tokens": start.marker.get("tokens"),
+        "config_diff": diff,
+    }
+    atomic_write_text(out_dir / "lineage.json", json.dumps(lineage, indent=1))
+    return lineage
