@@ -200,7 +200,7 @@ class Checkpointer:
         _pause_for_tests("marker", rank, self.root, state.step)
         atomic_write_text(self.root / POINTER, path.name + "\n")
         _pause_for_tests("pointer", rank, self.root, state.step)
-        self._prune()
+        self._prune(state.step)
 
     def _prune(self, step: int = 0) -> None:
         removable = [t for t in self.complete_tags() if not self.marker(t).get("permanent")]
