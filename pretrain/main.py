@@ -160,6 +160,7 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
             if start.branch:
                 write_lineage(start, cfg, out)
 
+    start_step = state.step
     ctx = TrainContext(
         engine=engine,
         state=state,
@@ -181,15 +182,22 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
     callbacks = [
         EvalCallback(val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
         DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
-        CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader, permanent, control),
+        # Log before saving: every step up to a committed checkpoint has its record.
         MetricsLogger(out, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
+        CheckpointCallback(checkpointer, cfg.checkpoint.interval, loader, permanent, control),
     ]
     train(ctx, endless(loader), schedule, cfg.train.grad_accum, callbacks)
-    control.uninstall()
+    # The signal handlers stay: a launcher that sees one rank exit sends SIGTERM to the others,
+    # which must still finish their clean exit (and report the same exit code).
 
     if not state.done:
         if dist.is_main:
-            why = f"signal {control.signal}" if control.signal else f"--stop-after-steps {stop_after_steps}"
+            if control.signal:
+                why = f"signal {control.signal}"
+            elif stop_after_steps and state.step - start_step >= stop_after_steps:
+                why = f"--stop-after-steps {stop_after_steps}"
+            else:
+                why = "a signal to another rank"
             print(f"stopped at step {state.step} of {state.max_steps} ({why}); saved {checkpointer.root}; "
                   f"relaunch the same command to continue (exit code {EXIT_INCOMPLETE})", flush=True)
         return EXIT_INCOMPLETE

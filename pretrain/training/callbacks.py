@@ -1,4 +1,4 @@
-"""Callbacks: evaluation, checkpointing and logging, run after every update in that order.
+"""Callbacks: evaluation, the dual view, logging and checkpointing, run after every update in that order.
 
 Each callback is built with its own settings and gets the loop's
 ``TrainContext`` and the step's metrics dict; an earlier callback may add to
@@ -119,8 +119,7 @@ class CheckpointCallback(Callback):
                 "data": self.data_loader.state_dict() if self.data_loader is not None else None,
                 "rng": capture_rng(),
             }
-            path = self.checkpointer.save(ctx.engine, state, rank_state, permanent=permanent)
-            metrics["checkpoint"] = str(path)
+            self.checkpointer.save(ctx.engine, state, rank_state, permanent=permanent)
             if self.control is not None:
                 self.control.saved()
 
