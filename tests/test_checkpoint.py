@@ -239,3 +239,11 @@ def test_schedule_branch_points_are_permanent():
     assert sched.branch_points(100) == [10, 39]  # end of warmup, the step before the switch
     wsd = ScheduleConfig(name="wsd", warmup_steps=5, params={"decay": 0.2})
     assert wsd.branch_points(100) == [5, 80]  # end of warmup, end of the stable phase
+
+
+def test_time_based_saves(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    ok(launch(tiny_data, run_dir, nproc=1, **{"train.max_steps": 4, "checkpoint.interval": 0,
+                                               "checkpoint.interval_minutes": 1e-6, "checkpoint.keep_last": 10}))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert kept == [f"step_{s:08d}" for s in range(1, 5)]  # the interval passed before every step's end
