@@ -4,15 +4,19 @@ Subcommands (``python -m data_prep --help``):
 
 * ``demo-corpus``      build a small real-text corpus (stdlib docstrings + Python reference
                        manual) in SlimPajama's ``train/chunkN/example_train_K.jsonl.zst`` layout;
-* ``train-tokenizer``  train a byte-fallback sentencepiece model with an exact round trip;
+* ``train-tokenizer``  train a byte-fallback sentencepiece model with an exact round trip, on a
+                       bounded random sample of the inputs;
 * ``tokenize``         tokenize documents, pack them into fixed-length samples and write
-                       mosaicml-streaming MDS shards plus ``manifest.json``.
+                       mosaicml-streaming MDS shards plus ``manifest.json``: parallel (worker
+                       processes over deterministic work units), resumable after a kill, with
+                       optional per-source datasets (``--per-source``).
 
 Python API for other components (imported lazily; importing this package is cheap and has no
 side effects):
 
 * :func:`read_manifest` (``data_prep.manifest``) -- read and validate ``DIR/manifest.json``;
-* :func:`read_tokens` (``data_prep.dataset``) -- iterate the packed samples of a split in order;
+* :func:`read_tokens` (``data_prep.dataset``) -- iterate the packed samples of a split in order
+  (``source=`` for one source of a per-source dataset);
 * :func:`token_counts` (``data_prep.dataset``) -- per-token-id counts of a split (unigram stats).
 """
 

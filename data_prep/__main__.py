@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -40,6 +39,12 @@ def _size(text: str) -> int:
     return value
 
 
+def _cores() -> int:
+    from .units import default_workers
+
+    return default_workers()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep",
@@ -68,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train a sentencepiece model with an exact decode(encode(text)) round trip",
         description="Train a byte-fallback sentencepiece model (unk=0, bos=1, eos=2, no pad) on a "
-        "bounded deterministic sample of the input documents.",
+        "bounded random sample of the input documents (deterministic by --seed): input pieces are "
+        "visited in a seeded random order until --sample-bytes of text has been read, so huge "
+        "inputs are never read in full. An existing .model (e.g. Llama's) can be passed to "
+        "`tokenize` instead.",
     )
     t.add_argument("--input", required=True, nargs="+", metavar="PATH", help="files, directories or globs")
     t.add_argument("--output", required=True, type=Path, help="model file to write, e.g. tok.model")
@@ -76,28 +84,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
     t.add_argument("--max-sentences", type=_positive_int, default=200_000,
                    help="training sentences (document pieces of <= 4 KB) to sample (default 200000)")
+    t.add_argument("--sample-bytes", type=_size, default=2 << 30, metavar="BYTES",
+                   help="text to read from the inputs at most, e.g. 500m (default 2g); at most 16m of it "
+                        "from each input piece (a compressed file, 16m of a .jsonl, parquet row groups)")
     t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     t.add_argument("--text-field", default="text", help="JSON/parquet field holding the text (default: text)")
 
     k = sub.add_parser(
         "tokenize",
         parents=[common],
-        help="tokenize + pack documents into MDS shards with a manifest",
+        help="tokenize + pack documents into MDS shards with a manifest (parallel, resumable)",
         description="Tokenize documents, append EOS, pack into samples of seq_len+1 tokens and "
-        "write mosaicml-streaming MDS to OUTPUT/train and OUTPUT/val, then OUTPUT/manifest.json.",
+        "write mosaicml-streaming MDS to OUTPUT/train and OUTPUT/val (or OUTPUT/<split>/<source>/ "
+        "with --per-source), then OUTPUT/manifest.json. Inputs are cut into work units processed "
+        "by --workers processes; rerunning the same command after an interruption (even kill -9) "
+        "resumes and gives output identical to an uninterrupted run, whatever --workers is.",
     )
     k.add_argument("--input", required=True, nargs="+", metavar="PATH",
-                   help="files, directories or globs (.jsonl, .jsonl.zst, .jsonl.gz, .txt, .parquet)")
+                   help="files, directories or globs (.jsonl, .jsonl.zst, .jsonl.gz, .json.gz, .txt, .parquet)")
     k.add_argument("--output", required=True, type=Path, help="dataset directory")
-    k.add_argument("--tokenizer", required=True, type=Path, help="sentencepiece .model file")
+    k.add_argument("--tokenizer", required=True, type=Path,
+                   help="sentencepiece .model file (ours, or e.g. Llama's / Phi-3's tokenizer.model)")
     k.add_argument("--seq-len", required=True, type=_positive_int, help="model context length (samples hold seq_len+1 tokens)")
     k.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
-    k.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="tokenizer threads (default: all cores)")
+    k.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: all cores, here %d); does not change the output" % _cores())
     k.add_argument("--shard-size-limit", type=_size, default=1 << 26, metavar="BYTES",
                    help="uncompressed bytes per MDS shard, e.g. 64m (default 64m)")
     k.add_argument("--compression", choices=("zstd", "none"), default="zstd")
     k.add_argument("--text-field", default="text", help="JSON/parquet field holding the text (default: text)")
-    k.add_argument("--overwrite", action="store_true", help="replace an existing different dataset in OUTPUT")
+    k.add_argument("--per-source", action="store_true",
+                   help="one MDS dataset per source in OUTPUT/<split>/<source>/ (source: --source-field)")
+    k.add_argument("--source-field", default="meta.redpajama_set_name", metavar="FIELD",
+                   help="dotted JSON path or parquet column (or struct.field) naming a document's source; "
+                        "documents are counted per source in the manifest (default: meta.redpajama_set_name, "
+                        "SlimPajama's; missing -> 'unknown')")
+    k.add_argument("--unit-size", type=_size, default=None, metavar="BYTES",
+                   help="input bytes per work unit (resume granularity), e.g. 64m "
+                        "(default: total input / 512, between 1m and 64m)")
+    k.add_argument("--strict", action="store_true",
+                   help="stop at the first bad record with an error naming its file and line "
+                        "(default: skip, count and log it)")
+    k.add_argument("--eos-piece", default=None, metavar="PIECE",
+                   help="piece appended after each document (default: the model's EOS, e.g. </s>)")
+    k.add_argument("--overwrite", action="store_true",
+                   help="replace an existing different dataset (or discard an unfinished run with other settings)")
     return p
 
 
@@ -118,6 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataPrepError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted" + ("; rerun the same command to resume" if args.command == "tokenize" else ""),
+              file=sys.stderr)
+        return 130
     raise AssertionError(args.command)
 
 
@@ -148,18 +183,21 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
             max_sentences=args.max_sentences,
             seed=args.seed,
             text_field=args.text_field,
+            sample_bytes=args.sample_bytes,
         )
     )
     print(
         f"wrote {res.path} (vocab {res.vocab_size}) trained on {res.sentences} sentences / "
-        f"{res.sentence_bytes / 1e6:.2f} MB from {res.documents_seen} documents in {res.seconds:.1f}s; "
-        f"round trip exact on {res.verified_docs} documents"
+        f"{res.sentence_bytes / 1e6:.2f} MB from {res.documents_seen} documents "
+        f"({res.text_bytes_read / 1e6:.2f} MB read from {res.pieces_read} of {res.pieces_total} input pieces) "
+        f"in {res.seconds:.1f}s; round trip exact on {res.verified_docs} documents"
     )
     return 0
 
 
 def _tokenize(args: argparse.Namespace) -> int:
     from .pipeline import TokenizeConfig, run_tokenize
+    from .units import default_workers
 
     m = run_tokenize(
         TokenizeConfig(
@@ -168,22 +206,30 @@ def _tokenize(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             seq_len=args.seq_len,
             val_fraction=args.val_fraction,
-            workers=args.workers,
+            workers=args.workers or default_workers(),
             shard_size_limit=args.shard_size_limit,
             compression=args.compression,
             text_field=args.text_field,
+            source_field=args.source_field,
+            per_source=args.per_source,
+            unit_size=args.unit_size,
+            strict=args.strict,
+            eos_piece=args.eos_piece,
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
     )
     tr, va = m["splits"]["train"], m["splits"]["val"]
     skipped = sum(m["skipped"].values())
+    run = m.get("run", {})
     print(
         f"wrote {args.output}: train {tr['samples']} samples / {tr['tokens']} tokens "
         f"({tr['documents']} docs), val {va['samples']} samples / {va['tokens']} tokens "
         f"({va['documents']} docs), {skipped} records skipped"
-        + (f" {m['skipped']}" if skipped else "")
+        + (f" {m['skipped']} (see {Path(args.output) / 'skipped.jsonl'})" if skipped else "")
         + f", {m['wall_time_s']:.1f}s, {m['tokens_per_s']:.0f} tokens/s"
+        + (f", {run['text_mb_per_s']:.2f} MB/s of text with {run['workers']} workers" if run.get("workers") else "")
+        + (f", {run['units_reused']} of {m['units']} units reused" if run.get("units_reused") else "")
     )
     return 0
 

@@ -1,5 +1,9 @@
 """Reading a tokenized dataset back (no shared memory, no files written; shards are
-decompressed in memory). For training, use ``streaming.StreamingDataset(local=DIR/<split>)``.
+decompressed in memory). For training, use ``streaming.StreamingDataset(local=DIR/<split>)``,
+or with layout "per-source" one ``streaming.Stream(local=DIR/<sources[s].dir>)`` per source.
+
+Both layouts: ``source=None`` reads the whole split (per-source: every source, in sorted
+order); ``source=NAME`` reads one source of a per-source dataset.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
@@ -18,25 +22,44 @@ from .writer import column_encoding
 
 
 def read_tokens(
-    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, verify: bool = False
+    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None,
+    verify: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield the samples of ``split`` in order, each a read-only ``(sample_len,)`` array.
 
     ``directory`` is the dataset dir holding ``manifest.json``. With ``verify=True`` the
     sha1 of every shard is checked against the MDS index.
     """
-    for block in iter_shard_arrays(directory, split, verify=verify):
+    for block in iter_shard_arrays(directory, split, source=source, verify=verify):
         yield from block
 
 
+def split_dir(manifest: dict[str, Any], directory: Union[str, "os.PathLike[str]"], split: str,
+              source: Optional[str] = None) -> Path:
+    """The MDS dataset directory of a split, or of one source of a per-source split."""
+    if split not in manifest["splits"]:
+        raise DataPrepError(f"{directory}: no split {split!r} (have {sorted(manifest['splits'])})")
+    if source is None:
+        return Path(directory) / split
+    if manifest.get("layout", "single") != "per-source":
+        raise DataPrepError(f"{directory}: source={source!r} needs a dataset written with --per-source")
+    sources = manifest["splits"][split].get("sources", {})
+    if source not in sources:
+        raise DataPrepError(f"{directory}: split {split!r} has no source {source!r} (have {sorted(sources)})")
+    return Path(directory) / sources[source]["dir"]
+
+
 def iter_shard_arrays(
-    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, verify: bool = False
+    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None,
+    verify: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield one read-only ``(samples_in_shard, sample_len)`` array per MDS shard, in order."""
     manifest = read_manifest(directory)
-    if split not in manifest["splits"]:
-        raise DataPrepError(f"{directory}: no split {split!r} (have {sorted(manifest['splits'])})")
-    split_dir = Path(directory) / split
+    split_dir_ = split_dir(manifest, directory, split, source)
+    yield from _iter_index(manifest, split_dir_, verify)
+
+
+def _iter_index(manifest: dict[str, Any], split_dir: Path, verify: bool) -> Iterator[np.ndarray]:
     index_path = split_dir / "index.json"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -92,7 +115,9 @@ def _check_sha1(path: Path, data: bytes, info: dict[str, Any]) -> None:
         raise DataPrepError(f"{path}: size {len(data)} != {info['bytes']} in index.json")
 
 
-def token_counts(directory: Union[str, "os.PathLike[str]"], split: str = "train") -> np.ndarray:
+def token_counts(
+    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None
+) -> np.ndarray:
     """Occurrences of every token id (length ``vocab_size``, int64) over all samples of a split.
 
     E.g. the unigram cross-entropy baseline in nats/token is
@@ -100,6 +125,6 @@ def token_counts(directory: Union[str, "os.PathLike[str]"], split: str = "train"
     """
     vocab = read_manifest(directory)["vocab_size"]
     counts = np.zeros(vocab, dtype=np.int64)
-    for block in iter_shard_arrays(directory, split):
+    for block in iter_shard_arrays(directory, split, source=source):
         counts += np.bincount(block.ravel(), minlength=vocab)[:vocab]
     return counts

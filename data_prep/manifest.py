@@ -3,8 +3,13 @@
 Layout of a tokenized dataset directory::
 
     DIR/manifest.json      written last (atomically); its presence means DIR is complete
-    DIR/train/             mosaicml-streaming MDS (index.json + shard.NNNNN.mds[.zstd])
+    DIR/train/             mosaicml-streaming MDS: index.json over all of the split's shards
+                           (basenames like part-00003/shard.00000.mds.zstd)
+    DIR/train/part-NNNNN/  layout "single": the part written by work unit NNNNN (its own index.json)
+    DIR/train/<source>/    layout "per-source": one MDS dataset per source (own index.json over
+                           <source>/part-NNNNN/...); DIR/train/index.json still covers all sources
     DIR/val/               same, for the held-out split
+    DIR/skipped.jsonl      every skipped input record: {"reason", "path", "line", "detail", "count"}
 
 Manifest fields (format ``mds-packed-tokens``, version 1)::
 
@@ -15,15 +20,27 @@ Manifest fields (format ``mds-packed-tokens``, version 1)::
     column                 MDS column holding the samples ("tokens", ndarray:<dtype>:<N+1>)
     vocab_size, eos_id     from the sentencepiece model; EOS is appended after every document
     tokenizer              {"path": absolute path, "sha256": hex digest of the .model file}
-    splits.<name>          {"documents", "tokens", "samples", "dropped_tail_tokens"} where
-                           tokens (incl. EOS) == samples * sample_len + dropped_tail_tokens
+    layout                 "single" or "per-source" (absent in older manifests: "single")
+    splits.<name>          {"documents", "tokens", "samples", "dropped_tail_tokens", "text_bytes",
+                           "sources"} where tokens (incl. EOS) == samples * sample_len +
+                           dropped_tail_tokens
+    splits.<name>.sources.<source>
+                           single: {"documents", "tokens", "text_bytes"} (counts only);
+                           per-source: also {"samples", "dropped_tail_tokens", "dir"} with dir
+                           the source's MDS dataset relative to DIR (e.g. "train/RedPajamaC4");
+                           both splits list the same sources (some possibly with 0 samples)
     documents_read         valid documents read (train + val)
-    skipped                {reason: count} of bad records that were skipped
-    inputs                 [{"path": absolute path, "bytes": size}] in processing order
+    skipped                {reason: count} of bad records that were skipped; skipped_total;
+                           skipped_log ("skipped.jsonl")
+    inputs                 [{"path": absolute path, "bytes": size}] in processing order;
+                           input_bytes (their sum), text_bytes (UTF-8 text of valid documents)
     val_fraction           fraction of documents routed to "val" by a stable text hash
     split_hash             how the split is decided (see ``data_prep.pipeline.split_of``)
-    text_field, compression, shard_size_limit
-    wall_time_s, tokens_per_s  reading, tokenizing and writing (setup/imports excluded)
+    packing                how samples are cut (per work unit; see ``data_prep.units``)
+    text_field, source_field, compression, shard_size_limit, unit_size, units
+    wall_time_s, tokens_per_s  this run: reading, tokenizing and writing (start-up excluded)
+    run                    this run: workers, startup_s, units_processed/units_reused, and
+                           documents/tokens/input MB/text MB per second (differs between runs)
 """
 
 from __future__ import annotations
@@ -77,7 +94,11 @@ IDENTITY_KEYS = (
     "text_field",
     "compression",
     "shard_size_limit",
+    "layout",
+    "source_field",
+    "unit_size",
 )
+LAYOUTS = ("single", "per-source")
 
 
 def manifest_path(directory: Union[str, "os.PathLike[str]"]) -> Path:
@@ -139,6 +160,22 @@ def validate_manifest(obj: Any, where: str = MANIFEST_NAME) -> None:
         for key in _SPLIT_KEYS:
             if not isinstance(info.get(key), int):
                 raise ManifestError(f"{where}: field 'splits.{split}.{key}' should be an integer")
+    layout = obj.get("layout", "single")
+    if layout not in LAYOUTS:
+        raise ManifestError(f"{where}: layout should be one of {LAYOUTS}, got {layout!r}")
+    if layout == "per-source":
+        for split in SPLITS:
+            sources = obj["splits"][split].get("sources")
+            if not isinstance(sources, dict):
+                raise ManifestError(f"{where}: layout 'per-source' needs 'splits.{split}.sources'")
+            for name, info in sources.items():
+                if not isinstance(info, dict) or not isinstance(info.get("dir"), str):
+                    raise ManifestError(f"{where}: 'splits.{split}.sources.{name}.dir' should be a string")
+                for key in _SPLIT_KEYS:
+                    if not isinstance(info.get(key), int):
+                        raise ManifestError(
+                            f"{where}: field 'splits.{split}.sources.{name}.{key}' should be an integer"
+                        )
 
 
 def write_manifest(directory: Union[str, "os.PathLike[str]"], obj: Mapping[str, Any]) -> Path:

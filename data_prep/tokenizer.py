@@ -7,9 +7,17 @@ arbitrary Unicode): ``normalization_rule_name="identity"``, ``remove_extra_white
 user-defined symbol (sentencepiece otherwise has no piece for it). ``split_digits=True``.
 Special ids: unk=0, bos=1, eos=2, no pad.
 
-Training data is a bounded, deterministic sample: documents are cut into "sentences" of at
-most ``max_sentence_bytes`` at line boundaries, and the ``max_sentences`` sentences with the
-smallest seeded hash are kept (independent of input order, O(max_sentences) memory).
+Training data is a bounded, deterministic random sample (``_Sampler``): the inputs are
+cut into pieces of at most ``piece_bytes`` (the same cutting as ``tokenize``'s work units:
+byte ranges of plain JSONL, runs of parquet row groups, whole compressed files), the pieces are
+visited in an order shuffled by ``seed``, and at most ``piece_bytes`` of text is taken from
+each until ``sample_bytes`` of text has been read, so huge inputs are never read in full.
+Documents are cut into "sentences" of at most ``max_sentence_bytes`` at line boundaries, and
+the ``max_sentences`` sentences with the smallest seeded hash are kept (O(max_sentences)
+memory).
+
+An existing model (e.g. Llama's or Phi-3's 32k ``tokenizer.model``) can be used by ``tokenize``
+instead: it needs an end-of-sequence piece (``eos_id() >= 0``, or ``--eos-piece``).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import heapq
 import io
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +34,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from .errors import DataPrepError
 from .fsutil import atomic_write_bytes, unit_hash
-from .readers import BadRecord, Document, SkipLog, iter_records, resolve_inputs
+from .readers import BadRecord, Document, SkipLog, read_piece, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ class TokenizerTrainConfig:
     max_sentence_bytes: int = 4096
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     verify_docs: int = 2000  # documents checked for an exact round trip after training
+    sample_bytes: int = 2 << 30  # text read from the inputs, at most (plus one document)
+    piece_bytes: int = 16 << 20  # input piece size, and text taken per piece at most
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,9 @@ class TokenizerTrainResult:
     documents_seen: int
     verified_docs: int
     seconds: float
+    pieces_read: int = 0
+    pieces_total: int = 0
+    text_bytes_read: int = 0
 
 
 def split_sentences(text: str, max_bytes: int) -> Iterator[str]:
@@ -110,13 +124,48 @@ def sample_sentences(
     return [s for _, s in ordered], n_docs
 
 
-def _documents(files: Sequence[Path], text_field: str, skips: SkipLog) -> Iterator[str]:
-    for rec in iter_records(files, text_field):
-        if isinstance(rec, Document):
-            yield rec.text
-        else:
-            assert isinstance(rec, BadRecord)
-            skips.add(rec)
+class _Sampler:
+    """Documents from a seeded random order of input pieces, within a byte budget."""
+
+    def __init__(self, files: Sequence[Path], cfg: "TokenizerTrainConfig", skips: SkipLog) -> None:
+        from .units import file_pieces
+
+        self.pieces = [p for f in files for p in file_pieces(f, f.stat().st_size, cfg.piece_bytes)]
+        order = list(range(len(self.pieces)))
+        random.Random(cfg.seed).shuffle(order)
+        self.order = order
+        self.cfg = cfg
+        self.skips = skips
+        self.pieces_read = 0
+        self.bytes_read = 0
+        self.verify: list[str] = []  # the first documents read, for the round-trip check
+        self._verify_bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        cfg = self.cfg
+        for i in self.order:
+            if self.bytes_read >= cfg.sample_bytes:
+                return
+            self.pieces_read += 1
+            got = 0
+            records = read_piece(self.pieces[i], cfg.text_field, "")
+            try:
+                for rec in records:
+                    if isinstance(rec, BadRecord):
+                        self.skips.add(rec)
+                        continue
+                    assert isinstance(rec, Document)
+                    n = len(rec.utf8)
+                    got += n
+                    self.bytes_read += n
+                    if len(self.verify) < cfg.verify_docs and self._verify_bytes + n <= 64 << 20:
+                        self.verify.append(rec.text)
+                        self._verify_bytes += n
+                    yield rec.text
+                    if got >= cfg.piece_bytes or self.bytes_read >= cfg.sample_bytes:
+                        break
+            finally:
+                records.close()
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
@@ -135,14 +184,19 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
     out = Path(cfg.output)
     if out.is_dir():
         raise DataPrepError(f"--output {out} is a directory; expected a file path like tok.model")
+    if cfg.sample_bytes < 1 or cfg.piece_bytes < 1:
+        raise DataPrepError("--sample-bytes and the piece size must be positive")
     files = resolve_inputs(cfg.inputs)
     t0 = time.time()
     skips = SkipLog()
-    sentences, n_docs = sample_sentences(
-        _documents(files, cfg.text_field, skips), cfg.max_sentences, cfg.seed, cfg.max_sentence_bytes
-    )
+    sampler = _Sampler(files, cfg, skips)
+    sentences, n_docs = sample_sentences(sampler, cfg.max_sentences, cfg.seed, cfg.max_sentence_bytes)
     if not sentences:
         raise DataPrepError(f"--input {' '.join(cfg.inputs)}: no usable documents to train on")
+    log.info(
+        "sampled %d documents / %.1f MB of text from %d of %d input pieces (seed %d)",
+        n_docs, sampler.bytes_read / 1e6, sampler.pieces_read, len(sampler.pieces), cfg.seed,
+    )
     n_bytes = sum(len(s.encode("utf-8")) for s in sentences)
     log.info(
         "training %s tokenizer (vocab %d) on %d sentences / %.1f MB sampled from %d documents",
@@ -185,12 +239,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
 
     sp = spm.SentencePieceProcessor(model_proto=proto)
     check_special_ids(sp, where="trained model")
-    verified = verify_round_trip(
-        sp, _documents(files, cfg.text_field, SkipLog(max_warnings_per_reason=0)), cfg.verify_docs
-    )
+    verified = verify_round_trip(sp, sampler.verify, cfg.verify_docs)
     atomic_write_bytes(out, proto)
     return TokenizerTrainResult(
-        out.resolve(), sp.vocab_size(), len(sentences), n_bytes, n_docs, verified, time.time() - t0
+        out.resolve(), sp.vocab_size(), len(sentences), n_bytes, n_docs, verified, time.time() - t0,
+        sampler.pieces_read, len(sampler.pieces), sampler.bytes_read,
     )
 
 
@@ -219,17 +272,41 @@ def verify_round_trip(sp, docs: Iterable[str], limit: Optional[int]) -> int:
     return n
 
 
-def load_tokenizer(path: Path):
-    """Load a sentencepiece model, with a clear error if the file is missing or invalid."""
+def load_sentencepiece(path):
     import sentencepiece as spm
 
+    sp = spm.SentencePieceProcessor()
+    sp.Load(str(path))
+    return sp
+
+
+def load_tokenizer(path: Path):
+    """Load a sentencepiece model, with a clear error if the file is missing or invalid."""
     path = Path(path)
     if not path.is_file():
         raise DataPrepError(f"--tokenizer {path}: no such file (train one with `train-tokenizer`)")
-    sp = spm.SentencePieceProcessor()
     try:
-        sp.Load(str(path))
+        return load_sentencepiece(path)
     except (OSError, RuntimeError) as e:
         raise DataPrepError(f"--tokenizer {path}: not a sentencepiece model: {e}") from e
-    check_special_ids(sp, where=f"--tokenizer {path}")
-    return sp
+
+
+def resolve_eos(sp, path, eos_piece: Optional[str] = None) -> int:
+    """The id appended after every document: the model's EOS, or the id of ``eos_piece``.
+
+    Works with any sentencepiece model (ours, Llama's or Phi-3's ``tokenizer.model``, whose
+    EOS is ``</s>`` = 2); a model without an EOS piece needs ``--eos-piece``.
+    """
+    if eos_piece is not None:
+        pid = sp.piece_to_id(eos_piece)
+        if not (0 <= pid < sp.vocab_size()) or sp.id_to_piece(pid) != eos_piece:
+            raise DataPrepError(f"--eos-piece {eos_piece!r}: no such piece in --tokenizer {path}")
+        return pid
+    eos = sp.eos_id()
+    if eos < 0:
+        raise DataPrepError(
+            f"--tokenizer {path}: the model has no end-of-sequence piece (eos_id = -1), which is "
+            f"appended after every document; pass --eos-piece PIECE naming one of its pieces "
+            f"(e.g. '<|endoftext|>'), or train a model with `train-tokenizer`"
+        )
+    return eos

@@ -35,7 +35,8 @@ for D in $LENGTHS; do
   cmd=(deepspeed --num_gpus "$NUM_RANKS" --master_port "${MASTER_PORT:-29517}" pretrain.py
        --config "$CKPT/config.yaml" --branch-from "$CKPT"
        "run_dir=$RUN_DIR" "name=$(basename "$RUN_DIR")" "checkpoint.dir=null"
-       "train.max_steps=$((STEP + D))" "schedule.name=wsd" "schedule.end_ratio=0.0"
+       "train.max_steps=$((STEP + D))" "train.max_tokens=null" "train.tokens_per_param=null"
+       "schedule.name=wsd" "schedule.end_ratio=0.0"
        "schedule.params={decay_steps: $D, shape: linear}"
        "checkpoint.permanent=[]" "checkpoint.permanent_every=0" "checkpoint.schedule_branch_points=false" "$@")
   echo "== cooldown of $D updates from step $STEP: $RUN_DIR"

@@ -64,7 +64,7 @@ class DataConfig:
             for d in self.split_dirs(manifest, split):
                 if not (d / "index.json").is_file():
                     problems.append(("path", self.path, f"an MDS dataset at {d}/index.json (not found)"))
-        sources = self.sources(manifest, "train")
+        sources = list(self.sources(manifest, "train"))
         if self.mix and not sources:
             problems.append(("mix", self.mix, "{} for single-layout data (mixing needs `data_prep tokenize --per-source`)"))
         unknown = sorted(set(self.mix) - set(sources)) if sources else []
@@ -88,30 +88,30 @@ class DataConfig:
 
     # -- layout ----------------------------------------------------------------------------
     @staticmethod
-    def sources(manifest: dict[str, Any], split: str) -> list[str]:
-        """Source names of a per-source dataset's split; [] for a single dataset."""
+    def sources(manifest: dict[str, Any], split: str) -> dict[str, Path]:
+        """{source: its MDS directory (relative)} of a per-source split, sources with samples only; {} if single."""
         if manifest.get("layout") != "per-source":
-            return []
-        return sorted(manifest["splits"][split].get("sources", {}))
+            return {}
+        entries = manifest["splits"][split].get("sources", {})
+        return {name: Path(v["dir"]) for name, v in sorted(entries.items()) if v.get("samples", 0) > 0}
 
     def split_dirs(self, manifest: dict[str, Any], split: str) -> list[Path]:
         sources = self.sources(manifest, split)
-        root = Path(self.path) / split
-        return [root / s for s in sources] if sources else [root]
+        root = Path(self.path)
+        return [root / d for d in sources.values()] if sources else [root / split]
 
     def _dataset_kwargs(self, split: str, proportions: bool) -> dict[str, Any]:
-        """``local=`` for a single dataset, ``streams=`` for per-source data."""
-        manifest = self.manifest()
-        sources = self.sources(manifest, split)
-        if not sources:
-            return {"local": str(Path(self.path) / split)}
+        """``local=`` for a single dataset (or natural mixing), ``streams=`` to mix sources by proportion."""
+        sources = self.sources(self.manifest(), split)
+        if not (proportions and self.mix and sources):
+            return {"local": str(Path(self.path) / split)}  # the split's merged index covers every source
         from streaming import Stream
 
-        chosen = [s for s in sources if s in self.mix] if (proportions and self.mix) else sources
         return {
             "streams": [
-                Stream(local=str(Path(self.path) / split / s), proportion=self.mix[s] if (proportions and self.mix) else None)
-                for s in chosen
+                Stream(local=str(Path(self.path) / d), proportion=self.mix[name])
+                for name, d in sources.items()
+                if self.mix.get(name, 0) > 0
             ]
         }
 

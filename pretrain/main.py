@@ -16,6 +16,7 @@ from .distributed import DistInfo, world_from_env
 
 EXIT_CONFIG_ERROR = 2
 EXIT_CHECKPOINT_ERROR = 3
+EXIT_UNSTABLE = 4  # too many consecutive non-finite updates
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -61,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .distributed import barrier, init_distributed, release_shared_memory
 
     from .checkpoint import CheckpointError
+    from .training.loop import TrainingUnstable
 
     dist = init_distributed()
     try:
@@ -70,6 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if rank == 0:
                 print(f"error: {e}", file=sys.stderr, flush=True)
             return EXIT_CHECKPOINT_ERROR
+        except TrainingUnstable as e:
+            if rank == 0:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            return EXIT_UNSTABLE
         barrier()
     finally:
         release_shared_memory(dist)
@@ -170,6 +176,12 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
         tokens_per_step=cfg.train.global_batch_size * cfg.seq_len,
         z_loss=cfg.model.z_loss,
         control=control,
+        flops_per_token=cfg.model.flops_per_token(cfg.seq_len),
+        peak_flops=peak_flops(dist.device),
+        max_consecutive_skips=cfg.train.max_consecutive_skips,
+        spike_window=cfg.train.spike_window,
+        spike_threshold=cfg.train.spike_threshold,
+        log_interval=cfg.logging.interval,
     )
     schedule = cfg.build_schedule()
     alpha = None
@@ -207,6 +219,19 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
         png = plot_run(out)
         print(f"done: {state.step} steps, {state.tokens:,} tokens; loss curve {png}", flush=True)
     return 0
+
+
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}  # dense, per GPU
+
+
+def peak_flops(device: str):
+    """The GPU's dense bf16 peak (for MFU); None on CPU or an unknown GPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def _quiet_deepspeed(dist: DistInfo) -> None:

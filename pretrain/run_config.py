@@ -25,20 +25,39 @@ from .schedules import ScheduleConfig
 
 @dataclass
 class TrainConfig:
-    max_steps: int  # optimizer updates in the run
-    global_batch_size: int  # sequences per optimizer update, over all ranks
     micro_batch_size: int  # sequences per rank per forward/backward
+    # The budget: at least one of these; several must agree (the resolved config has all of them).
+    max_steps: Optional[int] = None  # optimizer updates in the run
+    max_tokens: Optional[int] = None  # training tokens (rounded up to whole updates)
+    tokens_per_param: Optional[float] = None  # tokens per model parameter (TPP; 20 is compute-optimal)
+    # The global batch: one of these (both must agree when both are given).
+    global_batch_size: Optional[int] = None  # sequences per optimizer update, over all ranks
+    global_batch_tokens: Optional[int] = None  # tokens per optimizer update (a multiple of data.seq_len)
     grad_accum: Optional[int] = None  # default: global / (micro * world size)
     seed: int = 1234
     precision: Literal["bf16", "fp32"] = "bf16"
+    max_consecutive_skips: int = 5  # stop after this many updates in a row skipped as non-finite
+    spike_window: int = 100  # loss-spike detector: rolling window of updates (0 disables it)
+    spike_threshold: float = 6.0  # a loss this many standard deviations above the rolling mean is a spike
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        for name in ("max_steps", "global_batch_size", "micro_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append((name, "an integer >= 1"))
-        if self.grad_accum is not None and self.grad_accum < 1:
-            problems.append(("grad_accum", "an integer >= 1, or null to derive it"))
+        for name in ("max_steps", "max_tokens", "global_batch_size", "global_batch_tokens", "micro_batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append((name, "an integer >= 1" + (", or null" if name != "micro_batch_size" else "")))
+        if self.tokens_per_param is not None and not self.tokens_per_param > 0:
+            problems.append(("tokens_per_param", "a number > 0, or null"))
+        if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
+            problems.append(("max_steps", "a budget: max_steps, max_tokens or tokens_per_param"))
+        if self.global_batch_size is None and self.global_batch_tokens is None:
+            problems.append(("global_batch_size", "a global batch: global_batch_size (sequences) or global_batch_tokens"))
+        if self.max_consecutive_skips < 1:
+            problems.append(("max_consecutive_skips", "an integer >= 1"))
+        if self.spike_window < 0 or (0 < self.spike_window < 10):
+            problems.append(("spike_window", "0 (off) or at least 10 updates"))
+        if not self.spike_threshold > 0:
+            problems.append(("spike_threshold", "a number of standard deviations > 0"))
         return problems
 
 
@@ -189,6 +208,39 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunCon
 
 # -- cross-checks against files and the world size -----------------------------------------
 
+def _resolve_budget(cfg: RunConfig, problems: Problems) -> None:
+    """Fill global_batch_size from global_batch_tokens and max_steps from the token budget."""
+    import math
+
+    t, seq = cfg.train, cfg.data.seq_len
+    if t.global_batch_tokens is not None:
+        if t.global_batch_tokens % seq:
+            problems.add("train.global_batch_tokens", t.global_batch_tokens, f"a multiple of data.seq_len = {seq}")
+            return
+        sequences = t.global_batch_tokens // seq
+        if t.global_batch_size is not None and t.global_batch_size != sequences:
+            problems.add("train.global_batch_size", t.global_batch_size,
+                         f"the same batch as train.global_batch_tokens = {t.global_batch_tokens} ({sequences} sequences of {seq})")
+            return
+        t.global_batch_size = sequences
+    t.global_batch_tokens = t.global_batch_size * seq
+    steps = {}
+    if t.max_steps is not None:
+        steps["train.max_steps"] = t.max_steps
+    if t.max_tokens is not None:
+        steps["train.max_tokens"] = math.ceil(t.max_tokens / t.global_batch_tokens)
+    if t.tokens_per_param is not None:
+        steps["train.tokens_per_param"] = math.ceil(t.tokens_per_param * cfg.model.num_params() / t.global_batch_tokens)
+    if len(set(steps.values())) > 1:
+        shown = ", ".join(f"{k} -> {v} updates" for k, v in steps.items())
+        key = next(iter(steps))
+        problems.add(key, getattr(t, key.split(".")[1]), f"one budget, or budgets that agree ({shown}); set the others to null")
+        return
+    t.max_steps = next(iter(steps.values()))
+    if t.max_tokens is None:
+        t.max_tokens = t.max_steps * t.global_batch_tokens
+
+
 def _schedule_value(schedule: ScheduleConfig, key: str) -> Any:
     if key.startswith("params."):
         return schedule.params.get(key.split(".", 1)[1])
@@ -235,8 +287,15 @@ def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>")
         if cfg.data.seq_len > cfg.model.max_seq_len:
             problems.add("data.seq_len", cfg.data.seq_len, f"at most model.max_seq_len = {cfg.model.max_seq_len}")
 
-    # Batch arithmetic.
     t = cfg.train
+    # The global batch in sequences, and the budget in updates.
+    if not file_problems:
+        _resolve_budget(cfg, problems)
+    if t.global_batch_size is None or t.max_steps is None:
+        problems.raise_if_any()
+        return cfg, {}
+
+    # Batch arithmetic.
     per_step = t.micro_batch_size * world_size
     if t.grad_accum is None:
         if t.global_batch_size % per_step:
@@ -318,6 +377,8 @@ def _deepspeed_config(cfg: RunConfig, problems: Problems) -> dict[str, Any]:
     if "bf16" in ds and bf16 != want_bf16:
         problems.add("train.precision", cfg.train.precision, f"the same precision as bf16.enabled = {bf16} in {path}")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": want_bf16}
+    if want_bf16:
+        ds["bf16"].setdefault("check_grad_overflow", True)  # skip (not apply) an update with non-finite gradients
     if cfg.optimizer.name != "adamw":
         # DeepSpeed's ZeRO refuses optimizers outside its tested list (Adam/AdamW/...) unless told.
         ds.setdefault("zero_allow_untested_optimizer", True)

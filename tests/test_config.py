@@ -238,3 +238,31 @@ def test_mix_must_sum_to_one():
 def test_mix_needs_per_source_data(tmp_path, tiny_data):
     msg = error_of(load_and_resolve, DEMO, tiny_overrides(tiny_data, tmp_path) + ["data.mix={a: 1.0}"])
     assert "data.mix = {'a': 1.0}" in msg and "--per-source" in msg
+
+
+def test_token_budgets_resolve_to_steps(tiny_data, tmp_path):
+    base = tiny_overrides(tiny_data, tmp_path) + ["train.max_steps=null"]
+    cfg, _ = load_and_resolve(DEMO, base + ["train.max_tokens=5000"], world_size=2)
+    assert cfg.train.max_steps == 10 and cfg.train.global_batch_tokens == 512  # ceil(5000 / (8 x 64))
+    cfg, ds = load_and_resolve(DEMO, base + ["train.tokens_per_param=0.5", "train.global_batch_size=null",
+                                             "train.global_batch_tokens=1024"], world_size=2)
+    n = cfg.model.num_params()
+    assert cfg.train.global_batch_size == 16 and cfg.train.max_steps == -(-int(0.5 * n) // 1024)
+    assert ds["train_batch_size"] == 16
+    # the resolved config loads again (its budgets agree)
+    import yaml
+
+    path = tmp_path / "resolved.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    again, _ = load_and_resolve(path, world_size=2)
+    assert again.train.max_steps == cfg.train.max_steps
+
+
+def test_budget_errors(tiny_data, tmp_path):
+    base = tiny_overrides(tiny_data, tmp_path)
+    msg = error_of(load_and_resolve, DEMO, base + ["train.max_tokens=99999"], world_size=2)
+    assert "train.max_steps = 6: expected one budget, or budgets that agree (train.max_steps -> 6 updates, train.max_tokens -> 196 updates)" in msg
+    msg = error_of(load_and_resolve, DEMO, base + ["train.global_batch_size=null", "train.global_batch_tokens=1000"], world_size=2)
+    assert "train.global_batch_tokens = 1000: expected a multiple of data.seq_len = 64" in msg
+    msg = error_of(load_run_config, DEMO, ["train.max_steps=null"])
+    assert "train.max_steps = None: expected a budget: max_steps, max_tokens or tokens_per_param" in msg

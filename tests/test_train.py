@@ -115,3 +115,24 @@ def test_single_gpu_bf16_uses_cuda(tiny_data, tmp_path):
                   env={**env, "DS_ACCELERATOR": "cuda"})
     recs = check_run(res, run_dir, 6)
     assert recs[-1]["loss"] < recs[0]["loss"]
+
+
+@pytest.fixture(scope="module")
+def per_source_data(tiny_data, tmp_path_factory) -> Path:
+    """The tiny corpus (two SlimPajama sources) tokenized with one MDS dataset per source."""
+    out = tmp_path_factory.mktemp("per_source") / "tokens"
+    raw, tok = tiny_data.parent / "raw", tiny_data.parent / "tok.model"
+    res = run_cli([sys.executable, "-m", "data_prep", "tokenize", "--input", str(raw), "--output", str(out),
+                   "--tokenizer", str(tok), "--seq-len", "64", "--val-fraction", "0.05", "--per-source", "-q"])
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_sources_mixed_by_proportion(per_source_data, tmp_path):
+    run_dir = tmp_path / "run"
+    ov = tiny_overrides(per_source_data, run_dir, **{"train.max_steps": 3, "data.mix": "{RedPajamaGitHub: 0.7, RedPajamaBook: 0.3}"})
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov])
+    check_run(res, run_dir, 3)
+    bad = run_cli([sys.executable, "pretrain.py", "--config", DEMO, "--dry-run",
+                   *tiny_overrides(per_source_data, run_dir, **{"data.mix": "{RedPajamaC4: 1.0}"})])
+    assert bad.returncode == 2 and "sources of" in bad.stderr and "RedPajamaBook, RedPajamaGitHub (unknown: RedPajamaC4)" in bad.stderr

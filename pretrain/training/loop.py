@@ -1,8 +1,11 @@
-"""The training loop: set the LR from the global step, fetch data, step, run callbacks."""
+"""The training loop: set the LR from the global step, fetch data, step, guard, run callbacks."""
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -12,6 +15,12 @@ from .callbacks import Callback
 from .control import RunControl
 from .state import TrainState
 from .step import train_step
+
+NAN_TEST_ENV = "PRETRAIN_TEST_NAN_AT_STEPS"  # test-only: "3,4" makes those updates' loss NaN on every rank
+
+
+class TrainingUnstable(RuntimeError):
+    """Too many consecutive non-finite updates: stop, keeping the last good checkpoint."""
 
 
 @dataclass
@@ -26,6 +35,56 @@ class TrainContext:
     tokens_per_step: int
     z_loss: float = 0.0  # weight of the z-loss term (GPTConfig.z_loss)
     control: Optional[RunControl] = None  # signals, time-based saves, per-launch step limit
+    flops_per_token: float = 0.0  # training FLOPs per token (GPTConfig.flops_per_token)
+    peak_flops: Optional[float] = None  # the device's dense bf16 peak, for MFU (None on CPU)
+    max_consecutive_skips: int = 5
+    spike_window: int = 100
+    spike_threshold: float = 6.0
+    log_interval: int = 10
+
+
+class SpikeDetector:
+    """A loss more than ``threshold`` standard deviations above the rolling mean of the last ``window``."""
+
+    def __init__(self, window: int, threshold: float):
+        self.recent: deque = deque(maxlen=max(window, 1))
+        self.window, self.threshold = window, threshold
+
+    def z(self, loss: float) -> Optional[float]:
+        """The loss's z-score if it is a spike (the spike is then kept out of the statistics)."""
+        if self.window and len(self.recent) == self.window:
+            mean = sum(self.recent) / self.window
+            std = math.sqrt(sum((x - mean) ** 2 for x in self.recent) / self.window)
+            z = (loss - mean) / max(std, 1e-8)
+            if z > self.threshold:
+                return z
+        self.recent.append(loss)
+        return None
+
+
+def param_norm(engine) -> float:
+    """Global L2 norm of the parameters (ZeRO-3 partitions summed over ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    partitioned = engine.zero_optimization_partition_weights()
+    total = torch.zeros((), dtype=torch.float64, device=next(engine.module.parameters()).device)
+    for p in engine.module.parameters():
+        t = p.ds_tensor if partitioned and hasattr(p, "ds_tensor") else p
+        total += t.detach().double().pow(2).sum()
+    if partitioned and dist.is_initialized():
+        dist.all_reduce(total)
+    return math.sqrt(total.item())
+
+
+def memory_gb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
 
 
 def train(
@@ -40,7 +99,9 @@ def train(
         cb.on_train_start(ctx)
     group0 = engine.optimizer.param_groups[0]
     peak_lr = group0["base_lr"] / group0.get("lr_mult", 1.0)
-    first_step = state.step
+    poison = {int(s) for s in os.environ.get(NAN_TEST_ENV, "").split(",") if s.strip()}
+    spikes = SpikeDetector(ctx.spike_window, ctx.spike_threshold)
+    first_step, consecutive_skips, skipped_total = state.step, 0, 0
     last = time.perf_counter()
     while not state.done:
         multiplier = schedule(state.step)
@@ -48,7 +109,7 @@ def train(
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(grad_accum)]
         data_wait = time.perf_counter() - t0
-        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device, ctx.z_loss)
+        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device, ctx.z_loss, poison=state.step + 1 in poison)
         state.step += 1
         state.tokens += ctx.tokens_per_step
         # One collective per step: the loss terms and every rank's stop/save flags.
@@ -58,6 +119,7 @@ def train(
         state.stop, state.save_due = stop > 0 and not state.done, save_due > 0
         now = time.perf_counter()
         step_time, last = now - last, now
+        tokens_per_s = ctx.tokens_per_step / step_time
         metrics: dict[str, Any] = {
             "step": state.step,
             "loss": loss,
@@ -68,11 +130,42 @@ def train(
             **({"z_loss": z_loss} if ctx.z_loss else {}),
             "step_time_s": step_time,
             "data_wait_s": data_wait,
-            "tokens_per_s": ctx.tokens_per_step / step_time,
+            "tokens_per_s": tokens_per_s,
+            "samples_per_s": tokens_per_s / ctx.seq_len,
+            "tflops": ctx.flops_per_token * tokens_per_s / 1e12,
         }
+        if ctx.peak_flops:
+            metrics["mfu"] = ctx.flops_per_token * tokens_per_s / ctx.dist.world_size / ctx.peak_flops
         for group in engine.optimizer.param_groups:
             if "name" in group:
                 metrics[f"lr/{group['name']}"] = group["lr"]
+
+        # Stability guards. DeepSpeed skips an update whose gradients are not finite (the
+        # same decision on every rank: it follows from the all-reduced gradient norm).
+        if out.skipped or not math.isfinite(loss):
+            consecutive_skips += 1
+            skipped_total += 1
+            metrics.update(skipped=1, skipped_total=skipped_total)
+            if ctx.dist.is_main:
+                print(f"warning: step {state.step}: non-finite loss or gradients ({loss}); update skipped "
+                      f"({consecutive_skips} in a row)", flush=True)
+            if consecutive_skips >= ctx.max_consecutive_skips:
+                raise TrainingUnstable(
+                    f"{consecutive_skips} consecutive updates skipped as non-finite (steps {state.step - consecutive_skips + 1}"
+                    f"..{state.step}); stopping, the last good checkpoint is kept"
+                )
+        else:
+            consecutive_skips = 0
+            z = spikes.z(loss)
+            if z is not None:
+                metrics["loss_spike_z"] = z
+                if ctx.dist.is_main:
+                    print(f"warning: step {state.step}: loss spike {loss:.4f} ({z:.1f} std above the last "
+                          f"{ctx.spike_window} updates)", flush=True)
+        if state.step % ctx.log_interval == 0 or state.done:
+            metrics["param_norm"] = param_norm(engine)
+            metrics["memory_gb"] = memory_gb(ctx.dist.device)
+
         for cb in callbacks:
             cb.on_step_end(ctx, metrics)
         if state.stop:

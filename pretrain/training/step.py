@@ -16,19 +16,28 @@ class StepOutput:
     loss: float  # mean cross-entropy over this rank's micro-batches (comparable to val_loss)
     z_loss: float  # mean weighted z-loss term (0 when off)
     grad_norm: float  # global norm before clipping, as DeepSpeed reports it
+    skipped: bool = False  # DeepSpeed skipped the update (non-finite gradients)
 
 
-def train_step(engine, micro_batches: list[torch.Tensor], seq_len: int, device: str, z_loss: float = 0.0) -> StepOutput:
+def train_step(
+    engine, micro_batches: list[torch.Tensor], seq_len: int, device: str, z_loss: float = 0.0, poison: bool = False
+) -> StepOutput:
     """Accumulate gradients over ``micro_batches`` and apply one update.
 
     DeepSpeed scales each micro-batch loss by 1/grad_accum and steps the
-    optimizer at the accumulation boundary (the last micro-batch).
+    optimizer at the accumulation boundary (the last micro-batch); it skips the
+    update when the gradients are not finite. ``poison`` (tests only) makes the
+    loss NaN.
     """
+    skipped_before = engine.skipped_steps
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
     z_sum = torch.zeros((), dtype=torch.float32, device=device)
     for tokens in micro_batches:
         inputs, targets = split_batch(tokens.to(device, non_blocking=True), seq_len)
         loss, parts = lm_loss(engine(inputs), targets, z_loss)
+        if poison:
+            loss = loss * float("nan")
+            parts = {k: v * float("nan") for k, v in parts.items()}
         engine.backward(loss)
         engine.step()
         ce_sum += parts["ce"]
@@ -36,7 +45,8 @@ def train_step(engine, micro_batches: list[torch.Tensor], seq_len: int, device: 
     norm = engine.get_global_grad_norm()
     norm = float(norm) if norm is not None else float("nan")
     n = len(micro_batches)
-    return StepOutput(loss=(ce_sum / n).item(), z_loss=(z_sum / n).item(), grad_norm=norm)
+    skipped = engine.skipped_steps > skipped_before
+    return StepOutput(loss=(ce_sum / n).item(), z_loss=(z_sum / n).item(), grad_norm=norm, skipped=skipped)
 
 
 @torch.no_grad()

@@ -1,0 +1,56 @@
+"""Stability guards: non-finite updates skipped on every rank alike, the K-in-a-row stop, loss spikes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrain.training.loop import SpikeDetector
+from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
+
+DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.distributed
+def test_non_finite_update_is_skipped_on_all_ranks(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir)]
+    res = run_cli(cmd, env={"PRETRAIN_TEST_NAN_AT_STEPS": "3"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    recs = records(run_dir)
+    assert [r["step"] for r in recs] == list(range(1, 7))
+    assert recs[2].get("skipped") == 1 and all("skipped" not in r for r in recs if r["step"] != 3)
+    assert "step 3: non-finite loss or gradients" in res.stdout
+    # The skipped update left the weights alone: training goes on with finite losses, the LR follows the step.
+    assert all(r["loss"] == r["loss"] for r in recs if r["step"] != 3) and recs[-1]["loss"] < recs[0]["loss"]
+    assert recs[-1]["lr"] == 0.0
+    for key in ("tflops", "samples_per_s", "param_norm", "memory_gb", "data_wait_s"):
+        assert key in recs[-1], key
+
+
+@pytest.mark.distributed
+def test_too_many_consecutive_skips_stop_the_run(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_consecutive_skips": 2, "checkpoint.interval": 2})
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov], env={"PRETRAIN_TEST_NAN_AT_STEPS": "3,4,5"})
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert "2 consecutive updates skipped as non-finite (steps 3..4); stopping, the last good checkpoint is kept" in res.stderr
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+def test_spike_detector():
+    det = SpikeDetector(window=10, threshold=4.0)
+    base = [3.0 + 0.01 * (i % 3) for i in range(10)]
+    assert all(det.z(x) is None for x in base)
+    z = det.z(3.5)
+    assert z is not None and z > 4.0
+    assert det.z(3.01) is None  # an ordinary loss afterwards is not a spike
+    assert SpikeDetector(window=0, threshold=1.0).z(100.0) is None  # off
