@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
+from data_prep.fsutil import atomic_write_bytes, sha256_file
+
 from . import __version__
 from .distributed import DistInfo, barrier
 
@@ -66,29 +68,13 @@ def step_of(tag: str) -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Temp file, fsync, rename, then fsync the directory so the rename itself is durable."""
+    atomic_write_bytes(path, text.encode())
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pause_for_tests(phase: str, rank: int, root: Path, step: int) -> None:

@@ -181,6 +181,7 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
         max_consecutive_skips=cfg.train.max_consecutive_skips,
         spike_window=cfg.train.spike_window,
         spike_threshold=cfg.train.spike_threshold,
+        skip_spikes=cfg.train.skip_spikes,
         log_interval=cfg.logging.interval,
     )
     schedule = cfg.build_schedule()

@@ -39,6 +39,7 @@ class TrainConfig:
     max_consecutive_skips: int = 5  # stop after this many updates in a row skipped as non-finite
     spike_window: int = 100  # loss-spike detector: rolling window of updates (0 disables it)
     spike_threshold: float = 6.0  # a loss this many standard deviations above the rolling mean is a spike
+    skip_spikes: bool = False  # skip the update of a spike (costs one extra forward pass per update)
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []

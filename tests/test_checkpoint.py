@@ -119,6 +119,10 @@ def _run_until_paused(tiny_data, run_dir: Path, phase: str, nproc: int) -> None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    if nproc > 1:  # DeepSpeed's CPU all-reduce buffers of killed ranks stay in /dev/shm (66 MB each)
+        port = cmd[cmd.index("--master_port") + 1]
+        for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+            f.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize(

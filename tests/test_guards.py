@@ -54,3 +54,23 @@ def test_spike_detector():
     assert z is not None and z > 4.0
     assert det.z(3.01) is None  # an ordinary loss afterwards is not a spike
     assert SpikeDetector(window=0, threshold=1.0).z(100.0) is None  # off
+
+
+@pytest.mark.distributed
+def test_loss_spike_is_detected_and_optionally_skipped(tiny_data, tmp_path):
+    base = {"train.max_steps": 16, "train.spike_window": 10, "train.spike_threshold": 3.0, "schedule.name": "constant",
+            "schedule.end_ratio": "null", "optimizer.lr": 0.01, "eval.interval": 0, "checkpoint.interval": 0}
+    env = {"PRETRAIN_TEST_NOISE_AT_STEPS": "14"}  # update 14 sees uniformly random tokens
+    seen = tmp_path / "seen"
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, seen, **base)], env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = records(seen)
+    assert recs[13].get("loss_spike_z", 0) > 3.0 and "skipped" not in recs[13]
+    assert "step 14: loss spike" in res.stdout
+    skip = tmp_path / "skip"
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO,
+                   *tiny_overrides(tiny_data, skip, **base, **{"train.skip_spikes": "true"})], env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = records(skip)
+    assert recs[13]["skipped"] == 1 and recs[13]["loss_spike_z"] > 3.0 and "update skipped" in res.stdout
+    assert [r["step"] for r in recs] == list(range(1, 17))

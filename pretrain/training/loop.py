@@ -14,9 +14,14 @@ from ..schedules import Schedule, set_lr
 from .callbacks import Callback
 from .control import RunControl
 from .state import TrainState
-from .step import train_step
+from .step import StepOutput, train_step
 
 NAN_TEST_ENV = "PRETRAIN_TEST_NAN_AT_STEPS"  # test-only: "3,4" makes those updates' loss NaN on every rank
+NOISE_TEST_ENV = "PRETRAIN_TEST_NOISE_AT_STEPS"  # test-only: those updates get uniformly random tokens (a spike)
+
+
+def _steps_from_env(name: str) -> set[int]:
+    return {int(s) for s in os.environ.get(name, "").split(",") if s.strip()}
 
 
 class TrainingUnstable(RuntimeError):
@@ -40,6 +45,7 @@ class TrainContext:
     max_consecutive_skips: int = 5
     spike_window: int = 100
     spike_threshold: float = 6.0
+    skip_spikes: bool = False  # decide on a spike before the update (one extra forward pass) and skip it
     log_interval: int = 10
 
 
@@ -50,9 +56,13 @@ class SpikeDetector:
         self.recent: deque = deque(maxlen=max(window, 1))
         self.window, self.threshold = window, threshold
 
+    @property
+    def ready(self) -> bool:
+        return bool(self.window) and len(self.recent) == self.window
+
     def z(self, loss: float) -> Optional[float]:
         """The loss's z-score if it is a spike (the spike is then kept out of the statistics)."""
-        if self.window and len(self.recent) == self.window:
+        if self.ready:
             mean = sum(self.recent) / self.window
             std = math.sqrt(sum((x - mean) ** 2 for x in self.recent) / self.window)
             z = (loss - mean) / max(std, 1e-8)
@@ -60,6 +70,21 @@ class SpikeDetector:
                 return z
         self.recent.append(loss)
         return None
+
+
+def _spike_precheck(ctx: "TrainContext", micro_batches, spikes: SpikeDetector) -> Optional[tuple[float, float]]:
+    """(loss, z) when this update's batches give a loss spike (an extra forward, same on all ranks)."""
+    from .step import eval_loss
+
+    loss_sum, count = eval_loss(ctx.engine, micro_batches, ctx.seq_len, ctx.dist.device)
+    loss_sum, count = all_reduce_sum([loss_sum, float(count)], ctx.dist.device)
+    loss = loss_sum / count
+    if not math.isfinite(loss):
+        return None  # left to the non-finite guard
+    mean = sum(spikes.recent) / spikes.window
+    std = math.sqrt(sum((x - mean) ** 2 for x in spikes.recent) / spikes.window)
+    z = (loss - mean) / max(std, 1e-8)
+    return (loss, z) if z > spikes.threshold else None
 
 
 def param_norm(engine) -> float:
@@ -99,7 +124,7 @@ def train(
         cb.on_train_start(ctx)
     group0 = engine.optimizer.param_groups[0]
     peak_lr = group0["base_lr"] / group0.get("lr_mult", 1.0)
-    poison = {int(s) for s in os.environ.get(NAN_TEST_ENV, "").split(",") if s.strip()}
+    poison, noise = _steps_from_env(NAN_TEST_ENV), _steps_from_env(NOISE_TEST_ENV)
     spikes = SpikeDetector(ctx.spike_window, ctx.spike_threshold)
     first_step, consecutive_skips, skipped_total = state.step, 0, 0
     last = time.perf_counter()
@@ -109,7 +134,15 @@ def train(
         t0 = time.perf_counter()
         micro_batches = [next(batches) for _ in range(grad_accum)]
         data_wait = time.perf_counter() - t0
-        out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device, ctx.z_loss, poison=state.step + 1 in poison)
+        if state.step + 1 in noise:
+            import torch
+
+            micro_batches = [torch.randint_like(b, int(b.max()) + 1) for b in micro_batches]
+        spike = _spike_precheck(ctx, micro_batches, spikes) if ctx.skip_spikes and spikes.ready else None
+        if spike is not None:  # skip the update: these batches are consumed, the weights are not touched
+            out = StepOutput(loss=spike[0], z_loss=0.0, grad_norm=float("nan"), skipped=True)
+        else:
+            out = train_step(engine, micro_batches, ctx.seq_len, ctx.dist.device, ctx.z_loss, poison=state.step + 1 in poison)
         state.step += 1
         state.tokens += ctx.tokens_per_step
         # One collective per step: the loss terms and every rank's stop/save flags.
@@ -142,7 +175,13 @@ def train(
 
         # Stability guards. DeepSpeed skips an update whose gradients are not finite (the
         # same decision on every rank: it follows from the all-reduced gradient norm).
-        if out.skipped or not math.isfinite(loss):
+        if spike is not None:
+            skipped_total += 1
+            metrics.update(skipped=1, skipped_total=skipped_total, loss_spike_z=spike[1])
+            if ctx.dist.is_main:
+                print(f"warning: step {state.step}: loss spike {loss:.4f} ({spike[1]:.1f} std above the last "
+                      f"{ctx.spike_window} updates); update skipped", flush=True)
+        elif out.skipped or not math.isfinite(loss):
             consecutive_skips += 1
             skipped_total += 1
             metrics.update(skipped=1, skipped_total=skipped_total)
