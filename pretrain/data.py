@@ -21,15 +21,22 @@ from typing import Any, Iterator, Optional
 SPLITS = ("train", "val")
 
 
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
 @dataclass
 class DataConfig:
-    path: str  # directory written by `python -m data_prep tokenize`
+    path: str  # directory written by `python -m data_prep tokenize`: local, or a URL (s3://, gs://, ...)
     tokenizer: Optional[str] = None  # sentencepiece .model; default: the one the manifest names
     seq_len: Optional[int] = None  # training context; default (and maximum): the shards' seq_len
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes per rank
     validate_hash: bool = True  # check each shard's sha1 on first read (corruption is an error)
     mix: dict[str, float] = field(default_factory=dict)  # per-source data: {source: proportion} summing to 1; {} = natural
+    cache_dir: Optional[str] = None  # local copy of remote data (default ~/.cache/pretrain/<hash of path>); set it
+    # for a local path too to stream from a shared filesystem into a local disk
+    download_timeout: float = 120.0  # seconds per file fetched from the remote
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -41,14 +48,47 @@ class DataConfig:
             problems.append(("num_workers", "an integer >= 0"))
         return problems
 
+    # -- where the data is -----------------------------------------------------------------
+    @property
+    def streamed(self) -> bool:
+        """Read through a local cache (remote data, or a cache_dir given for local data)."""
+        return is_remote(self.path) or self.cache_dir is not None
+
+    @property
+    def local_root(self) -> Path:
+        """Where the files are read from: the data directory itself, or its cache."""
+        if not self.streamed:
+            return Path(self.path)
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        import hashlib
+
+        return Path.home() / ".cache" / "pretrain" / hashlib.sha256(self.path.encode()).hexdigest()[:16]
+
+    def _remote(self, rel: str) -> Optional[str]:
+        return f"{self.path.rstrip('/')}/{rel}" if self.streamed else None
+
+    def fetch(self, rel: str) -> Path:
+        """The local copy of ``path/rel``, downloaded into the cache first when streamed (fresh each run)."""
+        local = self.local_root / rel
+        if self.streamed:
+            from streaming.base.storage.download import CloudDownloader
+
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.unlink(missing_ok=True)
+            CloudDownloader.direct_download(self._remote(rel), str(local), timeout=self.download_timeout)
+        return local
+
     # -- checks against the files, run before any work ------------------------------------
     def manifest(self) -> dict[str, Any]:
         from data_prep.manifest import read_manifest
 
-        return read_manifest(self.path)
+        return read_manifest(self.local_root)
 
     def check_files(self) -> list[tuple[str, Any, str]]:
         """(key, value, expected) problems with the data directory and tokenizer."""
+        if self.streamed:
+            return self._check_remote()
         root = Path(self.path)
         if not root.is_dir():
             return [("path", self.path, "an existing directory written by `python -m data_prep tokenize` (not found)")]
@@ -79,6 +119,24 @@ class DataConfig:
             problems.append((key, self.tokenizer or self.path, f"an existing sentencepiece model file ({tok} not found)"))
         return problems
 
+    def _check_remote(self) -> list[tuple[str, Any, str]]:
+        """Fetch the manifest and the split indexes into the cache: unreachable data fails here, before any step."""
+        try:
+            self.fetch("manifest.json")
+            manifest = self.manifest()
+            for split in SPLITS:
+                for d in self.split_dirs(manifest, split):
+                    self.fetch(f"{d.relative_to(self.local_root).as_posix()}/index.json")
+        except Exception as e:  # any storage backend's error: credentials, network, missing object
+            return [("path", self.path, f"reachable data with a manifest.json ({type(e).__name__}: {str(e)[:300]})")]
+        problems = []
+        shard_len = manifest.get("seq_len")
+        if self.seq_len is not None and isinstance(shard_len, int) and self.seq_len > shard_len:
+            problems.append(("seq_len", self.seq_len, f"at most the shards' seq_len {shard_len} (from {self.path}/manifest.json)"))
+        if self.tokenizer and not Path(self.tokenizer).is_file():  # training itself needs only the vocabulary size
+            problems.append(("tokenizer", self.tokenizer, "an existing sentencepiece model file (not found)"))
+        return problems
+
     def tokenizer_path(self, manifest: Optional[dict[str, Any]] = None) -> Optional[str]:
         if self.tokenizer:
             return self.tokenizer
@@ -97,19 +155,19 @@ class DataConfig:
 
     def split_dirs(self, manifest: dict[str, Any], split: str) -> list[Path]:
         sources = self.sources(manifest, split)
-        root = Path(self.path)
+        root = self.local_root
         return [root / d for d in sources.values()] if sources else [root / split]
 
     def _dataset_kwargs(self, split: str, proportions: bool) -> dict[str, Any]:
-        """``local=`` for a single dataset (or natural mixing), ``streams=`` to mix sources by proportion."""
+        """``local=``/``remote=`` for a single dataset (or natural mixing), ``streams=`` to mix sources by proportion."""
         sources = self.sources(self.manifest(), split)
-        if not (proportions and self.mix and sources):
-            return {"local": str(Path(self.path) / split)}  # the split's merged index covers every source
+        if not (proportions and self.mix and sources):  # the split's merged index covers every source
+            return {"local": str(self.local_root / split), "remote": self._remote(split)}
         from streaming import Stream
 
         return {
             "streams": [
-                Stream(local=str(Path(self.path) / d), proportion=self.mix[name])
+                Stream(local=str(self.local_root / d), remote=self._remote(d.as_posix()), proportion=self.mix[name])
                 for name, d in sources.items()
                 if self.mix.get(name, 0) > 0
             ]

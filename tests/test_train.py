@@ -136,3 +136,17 @@ def test_sources_mixed_by_proportion(per_source_data, tmp_path):
     bad = run_cli([sys.executable, "pretrain.py", "--config", DEMO, "--dry-run",
                    *tiny_overrides(per_source_data, run_dir, **{"data.mix": "{RedPajamaC4: 1.0}"})])
     assert bad.returncode == 2 and "sources of" in bad.stderr and "RedPajamaBook, RedPajamaGitHub (unknown: RedPajamaC4)" in bad.stderr
+
+
+def test_data_through_a_local_cache_and_unreachable_remote(tiny_data, tmp_path):
+    """data.path read through cache_dir (as for s3:// data: here a local directory plays the remote)."""
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO,
+                   *tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 2, "data.cache_dir": str(cache)})])
+    check_run(res, run_dir, 2)
+    assert (cache / "manifest.json").is_file() and list((cache / "train").rglob("shard.*"))
+    bad = run_cli([sys.executable, "pretrain.py", "--config", DEMO, "--dry-run",
+                   *tiny_overrides(tiny_data, run_dir, **{"data.path": "s3://no-such-bucket-pretrain-test/tokens",
+                                                          "data.cache_dir": str(tmp_path / "c2"), "data.download_timeout": 10})])
+    assert bad.returncode == 2, bad.stderr
+    assert "data.path = 's3://no-such-bucket-pretrain-test/tokens': expected reachable data with a manifest.json" in bad.stderr
