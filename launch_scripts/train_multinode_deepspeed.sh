@@ -22,9 +22,9 @@
 # node's state under fixed names, and fail (FileExistsError: '/000000_locals'). CONFIG, HOSTFILE and
 # relative paths in KEY=VALUE arguments are taken from the repository root (CONFIG and HOSTFILE
 # also from the current directory).
-# Data on a shared filesystem: streaming decompresses each zstd shard on its first read, separately
-# on every node, and two nodes doing it at once collide (FileNotFoundError on shard.N.mds.tmp):
-# tokenize with --compression none (or decompress every shard beforehand).
+# Data on a shared filesystem: before training, each node's local rank 0 decompresses the zstd shards
+# that have no raw copy yet (unique temporary names, atomic renames), so nodes do not collide the way
+# streaming's own first-read decompression (shard.N.mds.tmp) would.
 # The exit code is the trainer's (pdsh -S gives back the largest code of the nodes): 0 finished,
 # 75 saved a checkpoint and stopped before the end (relaunch the same command to continue).
 #   MASTER_ADDR   address of the first host as the others reach it (default: its name in the hostfile)

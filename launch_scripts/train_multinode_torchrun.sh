@@ -12,9 +12,9 @@
 # shared by all nodes, at the same paths: every rank writes its part of each checkpoint, then rank 0
 # writes the manifest and the COMPLETE marker. Relative paths in KEY=VALUE arguments are taken from
 # the repository root, where the trainer runs (CONFIG also from the current directory).
-# Data on a shared filesystem: streaming decompresses each zstd shard on its first read, separately
-# on every node, and two nodes doing it at once collide (FileNotFoundError on shard.N.mds.tmp):
-# tokenize with --compression none (or decompress every shard beforehand).
+# Data on a shared filesystem: before training, each node's local rank 0 decompresses the zstd shards
+# that have no raw copy yet (unique temporary names, atomic renames), so nodes do not collide the way
+# streaming's own first-read decompression (shard.N.mds.tmp) would.
 #   NNODES=N          number of nodes (required; MIN:MAX for an elastic range)
 #   RDZV_ENDPOINT     host:port of the rendezvous (required)
 #   RDZV_ID           the job's id, the same on every node and new for every job (default: pretrain)

@@ -13,6 +13,7 @@ mosaicml-streaming ``Stream``s.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,36 @@ class DataConfig:
                 if self.mix.get(name, 0) > 0
             ]
         }
+
+    def decompress_shards(self) -> int:
+        """Decompress every compressed shard of local data that has no raw copy yet; returns how many.
+
+        mosaicml-streaming decompresses a shard on its first read into ``shard.N.mds.tmp``,
+        coordinated within one node only: two nodes on a shared filesystem collide. Each node's
+        local rank 0 calls this before the datasets are built (unique temporary names, atomic
+        renames: nodes doing it at once only repeat work). Streamed data has a cache per node.
+        """
+        if self.streamed:
+            return 0
+        import os
+        import socket
+
+        from streaming.base.compression import decompress
+
+        manifest, done = self.manifest(), 0
+        for split in SPLITS:
+            for d in self.split_dirs(manifest, split):
+                index = json.loads((d / "index.json").read_text())
+                for shard in index.get("shards", []):
+                    raw = d / shard["raw_data"]["basename"]
+                    if raw.exists() or not shard.get("zip_data"):
+                        continue
+                    data = decompress(shard["compression"], (d / shard["zip_data"]["basename"]).read_bytes())
+                    tmp = raw.with_name(f"{raw.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, raw)
+                    done += 1
+        return done
 
     # -- loaders ---------------------------------------------------------------------------
     def build_train_loader(self, micro_batch_size: int, seed: int):

@@ -147,6 +147,11 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
+    if dist.local_rank == 0:
+        cfg.data.decompress_shards()  # once per node, safe when nodes share the data directory
+    from .distributed import barrier
+
+    barrier()
     loader = cfg.data.build_train_loader(cfg.train.micro_batch_size, cfg.train.seed)
     val = cfg.data.build_val_dataset()
 

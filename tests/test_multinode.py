@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -51,26 +52,6 @@ def own_dev_shm_prefix() -> list[str] | None:
         if probe.returncode == 0:
             return [*prefix, *mount]
     return None
-
-
-def decompress_shards(data_dir: Path) -> None:
-    """Decompress every zstd shard beside its compressed file, as streaming does on a shard's first read.
-
-    Streaming coordinates that per node: two nodes reading a shared data directory for the first
-    time both decompress the same shard into the same temporary file (shard.N.mds.tmp) and one of
-    them fails renaming it (FileNotFoundError). Done here once, with a unique temporary name.
-    """
-    from streaming.base.compression import decompress
-
-    for index in sorted(data_dir.rglob("index.json")):
-        for shard in json.loads(index.read_text()).get("shards", []):
-            raw = index.parent / shard["raw_data"]["basename"]
-            if raw.exists() or not shard.get("zip_data"):
-                continue
-            data = decompress(shard["compression"], (index.parent / shard["zip_data"]["basename"]).read_bytes())
-            tmp = raw.with_name(f"{raw.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, raw)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -216,9 +197,13 @@ def run_two_torchrun_nodes(tmp_path: Path, own_dev_shm: list[str], tools: Path, 
 def test_two_torchrun_nodes_over_loopback(tiny_data, tmp_path, own_dev_shm, tools):
     """Two launchers of train_multinode_torchrun.sh, one rank each, c10d rendezvous on 127.0.0.1:
     a launch stopped early (exit 75 from both nodes despite torchrun), then one that resumes and finishes."""
-    decompress_shards(tiny_data)
+    # A private copy with only the compressed shards: the trainer itself must decompress them once per
+    # node without the two "nodes" colliding on the shared directory.
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=lambda d, names: [n for n in names if n.endswith(".mds")])
+    assert not list(data.rglob("*.mds"))
     run_dir = tmp_path / "run"
-    args = [DEMO, *tiny_overrides(tiny_data, run_dir)]
+    args = [DEMO, *tiny_overrides(data, run_dir)]
 
     codes, logs, report = run_two_torchrun_nodes(tmp_path, own_dev_shm, tools, [*args, "--stop-after-steps", "3"])
     assert codes == [75, 75], report
@@ -238,7 +223,6 @@ def test_two_torchrun_nodes_over_loopback(tiny_data, tmp_path, own_dev_shm, tool
 @pytest.mark.distributed
 def test_two_deepspeed_nodes_without_ssh(tiny_data, tmp_path, own_dev_shm, tools):
     """train_multinode_deepspeed.sh with NO_SSH=1 NODE_RANK=K on each node of a two-host hostfile."""
-    decompress_shards(tiny_data)
     run_dir = tmp_path / "run"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two 'machines' with one rank each\n127.0.0.1 slots=1\nlocalhost slots=1\n")
