@@ -85,3 +85,14 @@ check_config() {
 is_count() {
   case "$1" in ''|*[!0-9]*|0) return 1;; esac
 }
+
+# take_config "$@": usage on -h/--help or no argument; else CONFIG = the first argument as an absolute
+# path, checked. The caller then drops it with `shift`.
+take_config() {
+  if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
+    usage
+    exit 2
+  fi
+  CONFIG="$(abs_path "$1")"
+  check_config "$CONFIG"
+}

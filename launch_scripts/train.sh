@@ -15,12 +15,7 @@
 #   DRY_RUN=1       print the command only
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
-if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
-  usage
-  exit 2
-fi
-CONFIG="$(abs_path "$1")"; shift
-check_config "$CONFIG"
+take_config "$@"; shift
 if [ -n "${NUM_RANKS:-}" ] && ! is_count "$NUM_RANKS"; then
   echo "error: NUM_RANKS=$NUM_RANKS is not a number of ranks >= 1" >&2
   exit 2

@@ -42,12 +42,7 @@
 # each node's state under fixed names, and fail (FileExistsError: '/000000_locals').
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
-if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
-  usage
-  exit 2
-fi
-CONFIG="$(abs_path "$1")"; shift
-check_config "$CONFIG"
+take_config "$@"; shift
 
 BACKEND="${RDZV_BACKEND:-c10d}"
 for var in NNODES RDZV_ENDPOINT; do

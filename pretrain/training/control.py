@@ -21,17 +21,11 @@ class RunControl:
         self.stop_after_steps = stop_after_steps  # this launch stops (and saves) after that many updates; 0: never
         self.signal: int = 0
         self.last_save = time.monotonic()
-        self._previous = {}
 
     def install(self) -> "RunControl":
         for sig in SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            signal.signal(sig, self._handle)
         return self
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum  # acted on after the current step; harmless if repeated
