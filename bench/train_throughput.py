@@ -26,7 +26,7 @@ Precision modes (like with like):
 * ``fp32``: DeepSpeed with bf16 disabled (ZeRO stage ``--zero-fp32``, default 1) against a plain
   fp32 loop.
 * ``bf16``: DeepSpeed bf16 (bf16 weights, fp32 master weights in the ZeRO-``--zero-bf16``
-  optimizer; default 2 = ds_configs/zero2_bf16.json, the run default) against the standard
+  optimizer; default 2 = ds_configs/zero2.json, the run default) against the standard
   PyTorch mixed-precision loop: fp32 parameters under ``torch.autocast(dtype=torch.bfloat16)``.
   ``--bare-bf16-params`` adds a third side: the bare loop with the model cast to bf16 (no
   master weights: cheaper, and not the same numerics).
@@ -84,6 +84,7 @@ if str(REPO) not in sys.path:
 # H200 is the same GH100 compute as the H100 SXM.
 PEAK_BF16_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
 TARGET_RATIO = 1.10
+TARGET_COMPILED = 0.85  # our compiled step / the bare eager loop
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "barrier")
 
 
@@ -105,13 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated: main (the compute-bound model), minimal (the fixed-overhead model)")
     g.add_argument("--zero-fp32", type=int, default=1, choices=(0, 1, 2), help="ZeRO stage of our side in fp32 mode")
     g.add_argument("--zero-bf16", type=int, default=2, choices=(1, 2),
-                   help="ZeRO stage of our side in bf16 mode (2 = ds_configs/zero2_bf16.json, the run default; "
+                   help="ZeRO stage of our side in bf16 mode (2 = ds_configs/zero2.json, the run default; "
                    "1 with fp32 gradient accumulation = DeepSpeed's BF16_Optimizer)")
     g.add_argument("--ds-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of our DeepSpeed config (dotted, JSON value), e.g. "
                    "zero_optimization.reduce_bucket_size=5e6; repeatable")
     g.add_argument("--bare-bf16-params", action="store_true",
                    help="bf16 mode: also time a bare loop with the model cast to bf16 (no fp32 master weights)")
+    g.add_argument("--compile", action="store_true",
+                   help="also time our step with the model under torch.compile (train.compile: true) on the main "
+                   f"model; its ratio to the bare eager loop is printed (target <= {TARGET_COMPILED:.2f})")
     g.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches per optimizer update, both sides, both models")
     g = p.add_argument_group("the compute-bound model (main)")
@@ -236,11 +240,11 @@ def deepspeed_config(precision: str, stage: int, micro_batch: int, grad_accum: i
                      overrides: list[str] = ()) -> dict:
     """The DeepSpeed dict as pretrain.run_config.resolve fills it in for a world of one.
 
-    Stages 1 and 2 start from the shipped ds_configs/zero{1,2}_bf16.json (bucket sizes, overlap,
+    Stages 1 and 2 start from the shipped ds_configs/zero{1,2}.json (bucket sizes, overlap,
     fp32 gradient accumulation); stage 0 from a bare ``zero_optimization``. bf16.enabled follows
     ``precision``; the batch keys and gradient_clipping are set as resolve sets them.
     """
-    path = REPO / "ds_configs" / f"zero{stage}_bf16.json"
+    path = REPO / "ds_configs" / f"zero{stage}.json"
     if stage in (1, 2) and path.is_file():
         ds = json.loads(path.read_text())
     else:
@@ -508,10 +512,16 @@ def measure(args, setup: Setup, mode: str, dist, schedule_for) -> Result:
         copies.append(copy.deepcopy(model))
     copies = [m.to(device) for m in copies]
     schedule = schedule_for()
+    compiled = copy.deepcopy(model).to(device) if args.compile and setup.label != "minimal" else None
     sides = [make_ours(model, args, mode, setup, device, schedule, timer),
              make_bare(copies[0], args, "fp32" if mode == "fp32" else "autocast", setup, device, schedule, timer)]
     if len(copies) > 1:
         sides.append(make_bare(copies[1], args, "bf16params", setup, device, schedule, timer))
+    if compiled is not None:
+        compiled.compile()  # as pretrain/main.py does for train.compile: true (in place, before DeepSpeed)
+        side = make_ours(compiled, args, mode, setup, device, schedule, timer)
+        side.name, side.desc = "ours+comp", side.desc + ", compiled"
+        sides.append(side)
     # Random token batches from a fixed seed, made once, on the device, fed to every side in the same order.
     gen = torch.Generator().manual_seed(args.seed + 1)
     n = 8 * setup.grad_accum  # 8 distinct updates, cycled
@@ -621,6 +631,14 @@ def report(results: list[Result], args, device: str) -> list[str]:
             lines.append(f"[{res.mode}] {res.setup.label} (compute-bound): ours/bare = {m_o / m_b:.3f} "
                          f"(rounds {min(ratios):.3f}..{max(ratios):.3f}): {verdict} the <= {TARGET_RATIO:.2f} target"
                          + extra)
+            comp = next((side for side in res.sides if side.name == "ours+comp"), None)
+            if comp is not None:
+                m_c = _med(comp.times)
+                c_ratios = [c / b for c, b in zip(comp.times, bare.times)]
+                verdict = "meets" if m_c / m_b <= TARGET_COMPILED else "MISSES"
+                lines.append(f"[{res.mode}] {res.setup.label} compiled: ours+compile/bare eager = {m_c / m_b:.3f} "
+                             f"(rounds {min(c_ratios):.3f}..{max(c_ratios):.3f}): {verdict} the <= "
+                             f"{TARGET_COMPILED:.2f} target; eager ours/bare = {m_o / m_b:.3f}")
     if args.breakdown:
         lines.append("")
         lines.append("breakdown (extra rounds, sync around each phase; ms per step, median over rounds; "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from nothing:
 #   set up .venv -> gather a real corpus (Python stdlib docstrings + reference manual) in SlimPajama's layout
-#   -> train a sentencepiece tokenizer -> pack MDS shards -> train a tiny GPT with DeepSpeed ZeRO-2 bf16
-#   on 2 ranks -> plot the loss curve and compare with a unigram baseline.
+#   -> train a sentencepiece tokenizer -> pack MDS shards -> train a tiny GPT with DeepSpeed ZeRO-2
+#   on 2 ranks (bf16 where the CPU runs it fast, else fp32: train.precision auto) -> plot the loss curve and compare with a unigram baseline.
 # Data steps are skipped when their output exists; every training run gets a new run directory.
 #   NUM_RANKS=2  CONFIG=configs/demo_cpu.yaml  and any KEY=VALUE arguments (passed to pretrain.py).
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"

@@ -59,20 +59,26 @@ def select_accelerator() -> str:
     return os.environ["DS_ACCELERATOR"]
 
 
-def init_distributed() -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed and pin threads/devices."""
+def init_distributed(threads: int = 0) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed; set the device, and ``threads`` intra-op threads.
+
+    ``threads`` 0: the cores divided among this node's ranks (``pretrain.hardware.plan_threads``).
+    """
     import torch
 
     rank, world, local_rank, local_world = world_from_env()
     accel = select_accelerator()
     import deepspeed
 
+    if not threads:
+        from .hardware import detect, plan_threads
+
+        threads = plan_threads(detect(), local_world).threads
+    torch.set_num_threads(threads)  # share the cores among the ranks of this node instead of oversubscribing
     if accel == "cuda":
         torch.cuda.set_device(local_rank)
         device, backend = f"cuda:{local_rank}", "nccl"
     else:
-        # Share the cores among the ranks of this node instead of oversubscribing.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         device, backend = "cpu", "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return DistInfo(rank, world, local_rank, local_world, device, backend)

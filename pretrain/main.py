@@ -55,19 +55,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    from .hardware import choose_precision, detect, plan_threads
+
+    hw = detect()
+    _, _, _, local_world = world_from_env()
+    try:
+        threads = plan_threads(hw, local_world, cfg.data.num_workers)
+    except ValueError as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    precision = choose_precision(cfg.train.precision, hw)
+    if precision.warning and rank == 0:
+        print(f"warning: {precision.warning}", file=sys.stderr, flush=True)
     if args.dry_run:
         if rank == 0:
-            print(plan_text(cfg, world_size))
+            print(plan_text(cfg, world_size, precision, threads))
         return 0
     from .distributed import barrier, init_distributed, release_shared_memory
 
     from .checkpoint import CheckpointError
     from .training.loop import TrainingUnstable
 
-    dist = init_distributed()
+    dist = init_distributed(threads.threads)
     try:
         try:
-            code = run(cfg, ds_config, dist, args.stop_after_steps)
+            code = run(cfg, ds_config, dist, args.stop_after_steps, hw, precision, threads)
         except CheckpointError as e:
             if rank == 0:
                 print(f"error: {e}", file=sys.stderr, flush=True)
@@ -86,23 +99,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return code
 
 
-def plan_text(cfg, world_size: int) -> str:
+def plan_text(cfg, world_size: int, precision=None, threads=None) -> str:
     m, t = cfg.model, cfg.train
     n_params = m.num_params()
     tokens_per_step = t.global_batch_size * cfg.seq_len
     total_tokens = tokens_per_step * t.max_steps
     flops = m.flops_per_token(cfg.seq_len) * total_tokens
     warmup = cfg.schedule.warmup_for(t.max_steps)
-    return (
+    text = (
         f"plan: {n_params / 1e6:.2f}M parameters ({m.num_params(include_embeddings=False) / 1e6:.2f}M non-embedding), "
         f"{t.max_steps} steps x {t.global_batch_size} seqs x {cfg.seq_len} tokens = {total_tokens:,} tokens "
         f"({total_tokens / n_params:.2f} tokens/param), warmup {warmup} steps, schedule {cfg.schedule.name}, "
-        f"world {world_size} x micro {t.micro_batch_size} x accum {t.grad_accum}, {t.precision}, "
-        f"~{flops:.3g} FLOPs"
+        f"world {world_size} x micro {t.micro_batch_size} x accum {t.grad_accum}, ~{flops:.3g} FLOPs"
     )
+    if precision is not None:
+        text += f"\n  precision {precision}"
+    if threads is not None:
+        text += f"\n  threads {threads.threads} per rank ({threads.reason})"
+    if t.compile:
+        text += "\n  torch.compile on"
+    return text
 
 
-def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
+def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0, hw=None, precision=None, threads=None) -> int:
     """Train; returns 0 when max_steps is reached, EXIT_INCOMPLETE when stopped early (saved)."""
     import deepspeed
     import torch
@@ -111,6 +130,7 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
     from .checkpoint import Checkpointer
     from .data import endless
     from .model.param_groups import param_groups
+    from .run_config import ds_precision
     from .resume import check_compatible, find_start, prepare_world_size, write_lineage
     from .schedules.dual import smoothing
     from .training.callbacks import CheckpointCallback, DualCallback, EvalCallback, MetricsLogger
@@ -123,10 +143,16 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
     control = RunControl(cfg.checkpoint.interval_minutes, stop_after_steps).install()
     out = cfg.out_dir
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    from .hardware import detect, peak_flops
+
+    hw = hw or detect()
+    peak, peak_why = peak_flops(hw, ds_precision(ds_config), torch.get_num_threads(), cfg.train.peak_tflops)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml)
-        print(plan_text(cfg, dist.world_size), flush=True)
+        print(plan_text(cfg, dist.world_size, precision, threads), flush=True)
+        print(f"  MFU against {peak / 1e12:.3g} TFLOP/s per rank ({peak_why})" if peak else f"  no MFU: {peak_why}", flush=True)
+        _write_hardware(out / "hardware.json", hw, precision, threads, peak, peak_why)
 
     # Where this launch starts, decided before DeepSpeed is set up (a universal checkpoint changes its config).
     checkpointer = Checkpointer(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash(), config_yaml, cfg.checkpoint.verify)
@@ -138,9 +164,11 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
         (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = cfg.model.build()
+    model = cfg.model.build().to(dist.device)  # on the device first: fused AdamW needs its params there
     groups = param_groups(model, cfg.optimizer.weight_decay, cfg.optimizer.embedding_weight_decay)
-    optimizer = cfg.optimizer.build(groups)
+    optimizer = cfg.optimizer.build(groups, fused=dist.device.startswith("cuda"))
+    if cfg.train.compile:
+        model.compile()  # in place: the state dict keeps its names (checkpoints load either way)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs between ranks
 
@@ -182,7 +210,7 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
         z_loss=cfg.model.z_loss,
         control=control,
         flops_per_token=cfg.model.flops_per_token(cfg.seq_len),
-        peak_flops=peak_flops(dist.device),
+        peak_flops=peak,
         max_consecutive_skips=cfg.train.max_consecutive_skips,
         spike_window=cfg.train.spike_window,
         spike_threshold=cfg.train.spike_threshold,
@@ -227,17 +255,20 @@ def run(cfg, ds_config: dict, dist: DistInfo, stop_after_steps: int = 0) -> int:
     return 0
 
 
-PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}  # dense, per GPU
-
-
-def peak_flops(device: str):
-    """The GPU's dense bf16 peak (for MFU); None on CPU or an unknown GPU."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+def _write_hardware(path: Path, hw, precision, threads, peak, peak_why: str) -> None:
+    """What the run was given: precision and why, threads, the peak its MFU is against (for the report)."""
+    record = {
+        "device": hw.device,
+        "cpu": hw.describe_cpu(),
+        "gpu": hw.gpu_name or None,
+        "precision": precision.precision if precision else None,
+        "precision_reason": precision.reason if precision else None,
+        "threads_per_rank": threads.threads if threads else None,
+        "threads_reason": threads.reason if threads else None,
+        "peak_tflops_per_rank": peak / 1e12 if peak else None,
+        "peak_source": peak_why,
+    }
+    path.write_text(json.dumps(record, indent=1))
 
 
 def _quiet_deepspeed(dist: DistInfo) -> None:

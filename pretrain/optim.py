@@ -36,11 +36,12 @@ class OptimizerConfig:
             problems.append(("grad_clip", "a norm >= 0 (0 disables clipping)"))
         return problems
 
-    def build(self, groups: list[dict[str, Any]]):
+    def build(self, groups: list[dict[str, Any]], fused: bool = False):
         """An optimizer over ``groups`` (dicts with params, weight_decay, lr_mult, name).
 
         Each group keeps its own ``base_lr = lr * lr_mult``; the schedule sets
-        ``lr = base_lr * multiplier`` before every update.
+        ``lr = base_lr * multiplier`` before every update. ``fused``: AdamW's fused
+        kernel (CUDA; the parameters must be on the GPU already).
         """
         import torch
 
@@ -53,5 +54,6 @@ class OptimizerConfig:
                 param_groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay
             )
         return torch.optim.AdamW(
-            param_groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay
+            param_groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay,
+            **({"fused": True} if fused else {}),
         )

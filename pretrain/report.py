@@ -60,6 +60,22 @@ def report(run_dir: str | Path) -> dict:
     print(f"  checkpoints    {ckpt_dir}  (latest: {(ckpt_dir / 'latest').read_text().strip() if (ckpt_dir / 'latest').exists() else 'none'})")
     print(f"  loss curve     {png}")
     print(f"trained {out['steps']} steps, {out['tokens']:,} tokens")
+    hw_path = run_dir / "hardware.json"
+    if hw_path.is_file():
+        import json
+
+        hw = json.loads(hw_path.read_text())
+        out["precision"] = hw.get("precision")
+        print(f"precision {hw.get('precision')} ({hw.get('precision_reason')}); "
+              f"{hw.get('threads_per_rank')} thread(s) per rank ({hw.get('threads_reason')})")
+    mfus = [r["mfu"] for r in records if "mfu" in r]
+    if mfus:
+        import statistics
+
+        out["mfu"] = statistics.median(mfus[-20:])
+        print(f"MFU {out['mfu']:.1%} (median of the last {min(20, len(mfus))} steps; against "
+              f"{hw.get('peak_tflops_per_rank', float('nan')):.3g} TFLOP/s per rank: {hw.get('peak_source')})"
+              if hw_path.is_file() else f"MFU {out['mfu']:.1%}")
     print(
         f"final validation loss {final:.4f} nats/token (ppl {math.exp(final):.1f}) vs unigram baseline "
         f"{baseline:.4f} (ppl {math.exp(baseline):.1f}): ratio {out['ratio']:.3f}"

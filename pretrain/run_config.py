@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from typing import TYPE_CHECKING
+
 from .config import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
 from .data import DataConfig
 from .model.gpt import GPTConfig
 from .optim import OptimizerConfig
 from .schedules import ScheduleConfig
+
+if TYPE_CHECKING:
+    from .hardware import Hardware
 
 
 @dataclass
@@ -35,7 +40,9 @@ class TrainConfig:
     global_batch_tokens: Optional[int] = None  # tokens per optimizer update (a multiple of data.seq_len)
     grad_accum: Optional[int] = None  # default: global / (micro * world size)
     seed: int = 1234
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: what this hardware runs fast (pretrain/hardware.py)
+    compile: bool = False  # torch.compile the model before DeepSpeed wraps it (inductor: C++ on CPU, Triton on GPU)
+    peak_tflops: Optional[float] = None  # per-device peak for MFU; default: the GPU table, or measured on CPU
     max_consecutive_skips: int = 5  # stop after this many updates in a row skipped as non-finite
     spike_window: int = 100  # loss-spike detector: rolling window of updates (0 disables it)
     spike_threshold: float = 6.0  # a loss this many standard deviations above the rolling mean is a spike
@@ -59,6 +66,8 @@ class TrainConfig:
             problems.append(("spike_window", "0 (off) or at least 10 updates"))
         if not self.spike_threshold > 0:
             problems.append(("spike_threshold", "a number of standard deviations > 0"))
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            problems.append(("peak_tflops", "a number of TFLOP/s > 0, or null"))
         return problems
 
 
@@ -123,7 +132,7 @@ class LoggingConfig:
 
 @dataclass
 class DeepSpeedSection:
-    config: str = "ds_configs/zero2_bf16.json"  # ZeRO/precision settings; batch keys are filled in or checked
+    config: str = "ds_configs/zero2.json"  # ZeRO settings; batch and precision keys are filled in (or checked)
 
 
 @dataclass
@@ -256,12 +265,16 @@ DS_BATCH_KEYS = {
 }
 
 
-def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>") -> tuple[RunConfig, dict[str, Any]]:
-    """Check ``cfg`` against its files and ``world_size``; fill derived values.
+def resolve(
+    cfg: RunConfig, world_size: int, source: str | Sources = "<config>", hardware: Optional["Hardware"] = None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Check ``cfg`` against its files, ``world_size`` and ``hardware``; fill derived values.
 
     Returns the resolved config (data.seq_len, model.vocab_size and
-    train.grad_accum filled in) and the DeepSpeed config dict. Raises one
-    ConfigError naming every problem.
+    train.grad_accum filled in; train.precision stays as asked, e.g. ``auto``)
+    and the DeepSpeed config dict, whose precision block is the one chosen for
+    ``hardware`` (default: this machine, :func:`pretrain.hardware.detect`).
+    Raises one ConfigError naming every problem.
     """
     sources = source if isinstance(source, Sources) else Sources(source)
     problems = Problems(sources)
@@ -333,13 +346,20 @@ def resolve(cfg: RunConfig, world_size: int, source: str | Sources = "<config>")
     for key, expected in cfg.schedule.check_run(t.max_steps):
         problems.add(f"schedule.{key}", _schedule_value(cfg.schedule, key), expected)
 
-    ds_config = _deepspeed_config(cfg, problems)
+    from .hardware import choose_precision, detect
+
+    try:
+        choice = choose_precision(cfg.train.precision, hardware or detect())
+    except ValueError as e:
+        problems.add("train.precision", cfg.train.precision, f"a precision this device runs ({e})")
+        choice = None
+    ds_config = deepspeed_config(cfg, choice, problems)
     problems.raise_if_any()
     return cfg, ds_config
 
 
-def _deepspeed_config(cfg: RunConfig, problems: Problems) -> dict[str, Any]:
-    """The DeepSpeed JSON with our batch/precision values; a contradiction is a problem."""
+def deepspeed_config(cfg: RunConfig, choice, problems: Problems) -> dict[str, Any]:
+    """The DeepSpeed JSON with our batch and precision values; a contradiction is a problem."""
     path = Path(cfg.deepspeed.config)
     try:
         ds = json.loads(path.read_text())
@@ -370,19 +390,42 @@ def _deepspeed_config(cfg: RunConfig, problems: Problems) -> dict[str, Any]:
                 DS_BATCH_KEYS[key], value, f"the same value as {key} = {ds[key]!r} in {path} (they contradict; change one)"
             )
         ds[key] = value
-    bf16 = bool(ds.get("bf16", {}).get("enabled", False))
-    fp16 = bool(ds.get("fp16", {}).get("enabled", False))
-    if fp16:
-        problems.add_raw("deepspeed.config", f"{path}: fp16.enabled is true: this pipeline trains in bf16 or fp32, not fp16")
-    want_bf16 = cfg.train.precision == "bf16"
-    if "bf16" in ds and bf16 != want_bf16:
-        problems.add("train.precision", cfg.train.precision, f"the same precision as bf16.enabled = {bf16} in {path}")
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": want_bf16}
-    if want_bf16:
-        ds["bf16"].setdefault("check_grad_overflow", True)  # skip (not apply) an update with non-finite gradients
+    if choice is not None:
+        _fill_precision(ds, choice.precision, cfg.train.precision, path, problems)
     if cfg.optimizer.name != "adamw":
         # DeepSpeed's ZeRO refuses optimizers outside its tested list (Adam/AdamW/...) unless told.
         ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+def _fill_precision(ds: dict[str, Any], precision: str, asked: str, path: Path, problems: Problems) -> None:
+    """Set DeepSpeed's bf16/fp16 blocks for ``precision``; a JSON that enables another one is refused."""
+    said = {k: bool(ds[k]["enabled"]) for k in ("bf16", "fp16") if isinstance(ds.get(k), dict) and "enabled" in ds[k]}
+    clash = {k: v for k, v in said.items() if v != (k == precision)}
+    if clash:
+        how = f"{precision} (train.precision = 'auto' on this hardware)" if asked == "auto" else precision
+        shown = ", ".join(f"{k}.enabled = {str(v).lower()}" for k, v in clash.items())
+        problems.add("train.precision", asked, f"the same precision as {path}, which sets {shown} while this run trains "
+                     f"in {how}: remove the precision block from the JSON (ds_configs/ hold ZeRO settings only) or "
+                     "set train.precision to match")
+    wanted = [precision] if precision != "fp32" else []
+    for key in ("bf16", "fp16"):
+        block = ds.get(key) if isinstance(ds.get(key), dict) else {}
+        ds[key] = {**block, "enabled": key in wanted}
+    if precision == "bf16":
+        ds["bf16"].setdefault("check_grad_overflow", True)  # skip (not apply) an update with non-finite gradients
+    elif precision == "fp16":
+        # Dynamic loss scaling: start at 2^16, halve on overflow (that update is skipped), grow after 1000 clean ones.
+        for k, v in {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                     "min_loss_scale": 1}.items():
+            ds["fp16"].setdefault(k, v)
+
+
+def ds_precision(ds_config: dict[str, Any]) -> str:
+    """The precision a filled-in DeepSpeed config trains in: bf16, fp16 or fp32."""
+    for key in ("bf16", "fp16"):
+        if ds_config.get(key, {}).get("enabled"):
+            return key
+    return "fp32"

@@ -105,8 +105,8 @@ def test_micro_batch_zero(tmp_path):
 
 
 def test_literal_choice(tmp_path):
-    msg = error_of(load_run_config, DEMO, ["train.precision=fp16"])
-    assert "command line (train.precision=fp16): train.precision = 'fp16': expected one of 'bf16', 'fp32'" in msg
+    msg = error_of(load_run_config, DEMO, ["train.precision=fp8"])
+    assert "command line (train.precision=fp8): train.precision = 'fp8': expected one of 'auto', 'bf16', 'fp16', 'fp32'" in msg
 
 
 def test_model_validation_names_field(tmp_path):
@@ -165,7 +165,7 @@ def test_global_batch_not_divisible_by_world(tmp_path, tiny_data):
 
 
 def test_deepspeed_json_contradiction_names_both(tmp_path, tiny_data):
-    ds = json.loads((ROOT / "ds_configs" / "zero2_bf16.json").read_text())
+    ds = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
     ds["train_batch_size"] = 999
     ds_path = tmp_path / "ds.json"
     ds_path.write_text(json.dumps(ds))
@@ -181,7 +181,7 @@ def test_deepspeed_json_precision_and_owned_blocks(tmp_path, tiny_data):
     ov = tiny_overrides(tiny_data, tmp_path) + [f"deepspeed.config={ds_path}", "train.precision=fp32"]
     msg = error_of(load_and_resolve, DEMO, ov)
     assert "'scheduler' must not be set" in msg
-    assert "train.precision = 'fp32': expected the same precision as bf16.enabled = True" in msg
+    assert f"train.precision = 'fp32': expected the same precision as {ds_path}, which sets bf16.enabled = true" in msg
 
 
 def test_missing_deepspeed_json(tmp_path, tiny_data):

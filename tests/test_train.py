@@ -150,3 +150,26 @@ def test_data_through_a_local_cache_and_unreachable_remote(tiny_data, tmp_path):
                                                           "data.cache_dir": str(tmp_path / "c2"), "data.download_timeout": 10})])
     assert bad.returncode == 2, bad.stderr
     assert "data.path = 's3://no-such-bucket-pretrain-test/tokens': expected reachable data with a manifest.json" in bad.stderr
+
+
+def test_compile_matches_eager_loss_curve(tiny_data, tmp_path):
+    """train.compile: true (inductor's C++ backend on CPU) trains the same curve as eager over 20 steps.
+
+    Also checks what the run records of the hardware: the precision and why, the threads, and an MFU
+    against a measured peak on CPU.
+    """
+    curves = {}
+    for flag in ("false", "true"):
+        run_dir = tmp_path / f"compile-{flag}"
+        ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 20, "train.compile": flag, "eval.interval": 0,
+                                                   "checkpoint.interval": 0, "model.dropout": 0.0})
+        res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov])
+        curves[flag] = [r["loss"] for r in check_run(res, run_dir, 20)]
+        if flag == "true":
+            assert "torch.compile on" in res.stdout
+    hw = json.loads((tmp_path / "compile-true" / "hardware.json").read_text())
+    assert hw["precision"] in ("bf16", "fp32") and hw["precision_reason"] and hw["threads_per_rank"] >= 1
+    assert hw["peak_tflops_per_rank"] > 0 and "measured" in hw["peak_source"]
+    assert all(0 < r["mfu"] < 1 for r in metrics(tmp_path / "compile-true"))
+    tol = 2e-2 if hw["precision"] == "bf16" else 1e-3  # relative: kernels fuse and reorder sums differently
+    assert curves["true"] == pytest.approx(curves["false"], rel=tol)
