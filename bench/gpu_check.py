@@ -30,7 +30,7 @@ Checks, in order:
 * ``compile`` (with ``--compile``): a 150M model of the same family, compiled in place as
   ``main.py`` does (``train.compile``), trains a few steps beside an eager twin; the losses
   are finite and close to eager's.
-* ``checkpoint``: ``pretrain.checkpoint.Checkpointer`` saves that model's engine after two
+* ``checkpoint``: ``pretrain.checkpoint.CheckpointSaver`` saves that model's engine after two
   steps into a temp dir; its files verify against the manifest; a differently initialized
   engine loads it and then has exactly the saved weights, fp32 master weights and Adam moments.
 
@@ -386,24 +386,21 @@ class Context:
 
     def make_ours(self, model, spec: ModelSpec, compile_backend: Optional[str] = None):
         """(train_throughput.Side, engine): main.py's optimizer, engine and step on ``model``."""
-        import deepspeed
         from bench.train_throughput import Side
 
-        from pretrain.model.param_groups import param_groups
         from pretrain.optim import OptimizerConfig
-        from pretrain.schedules import set_lr
+        from pretrain.trainer import build_engine
+        from pretrain.optim import set_lr
         from pretrain.training.step import train_step
 
         opt_cfg = OptimizerConfig(lr=self.args.lr)
-        groups = param_groups(model, opt_cfg.weight_decay, opt_cfg.embedding_weight_decay)
-        optimizer = opt_cfg.build(groups, fused=self.cuda)
         if compile_backend:
-            model.compile(backend=compile_backend)  # in place, as main.py does for train.compile
+            model.compile(backend=compile_backend)  # in place, as build_engine does for train.compile
         ds = ds_config(self.plan.precision, spec.micro_batch, opt_cfg.grad_clip)
         chatter = io.StringIO()
         try:
             with contextlib.redirect_stdout(chatter):
-                engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+                engine = build_engine(model, opt_cfg, ds, self.device)
         except BaseException:
             sys.stdout.write(chatter.getvalue())
             raise
@@ -596,7 +593,7 @@ def _differing(a: dict, b: dict) -> list[str]:
 
 
 def check_checkpoint(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
-    from pretrain.checkpoint import Checkpointer
+    from pretrain.checkpoint import CheckpointSaver
     from pretrain.training.state import TrainState
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_ckpt_"))
@@ -604,13 +601,13 @@ def check_checkpoint(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
         batches = ctx.batches(spec)
         saver, saver_engine = ctx.make_ours(ctx.build(spec, ctx.args.seed), spec)
         warm_up(saver, batches, 2, ctx.sync)
-        ck = Checkpointer(tmp / "checkpoints", 1, ctx.dist, config_hash="gpu_check")
+        ck = CheckpointSaver(tmp / "checkpoints", 1, ctx.dist, config_hash="gpu_check")
         state = TrainState(step=2, tokens=2 * spec.tokens_per_step, max_steps=10)
         t0 = time.perf_counter()
         path = ck.save(saver_engine, state, {"check": "gpu_check"})
         save_s = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        problems = ck.verify(path.name)
+        problems = ck.dir.verify(path.name)
         if problems:
             raise CheckFailed(f"saved checkpoint does not verify: {problems[:3]}")
         saved = _engine_tensors(saver_engine)
@@ -619,7 +616,7 @@ def check_checkpoint(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
         if not _differing(saved, _engine_tensors(loader_engine)):
             raise CheckFailed("the second engine already equals the saved one: the check would prove nothing")
         t0 = time.perf_counter()
-        rank_state = ck.load(loader_engine, path.name)
+        rank_state = ck.dir.load(loader_engine, path.name, ctx.dist)
         load_s = time.perf_counter() - t0
         differ = _differing(saved, _engine_tensors(loader_engine))
         figures = {"bytes": size, "save_s": save_s, "load_s": load_s, "tensors": len(saved), "differing": differ[:10]}

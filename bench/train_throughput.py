@@ -8,12 +8,12 @@ median over rounds of the per-step time, tokens/s and TFLOP/s (MFU on an A100/H1
 ratio of the medians (ours / bare step time; target <= 1.10 for the compute-bound model) and
 the spread of the paired per-round ratios (min/max over rounds i of ours_i / bare_i).
 
-*ours* is what ``pretrain/main.py`` runs for each update: ``init_distributed()``, the model from
-``GPTConfig.build()``, ``OptimizerConfig.build(param_groups(...))``, ``deepspeed.initialize``
-with that optimizer and the run's DeepSpeed JSON, then per step ``set_lr(engine.optimizer,
+*ours* is what ``pretrain/trainer.py`` runs for each update: ``init_distributed()``, the model from
+``GPTConfig.build()``, ``pretrain.trainer.build_engine`` (our param groups and optimizer,
+``deepspeed.initialize`` with the run's DeepSpeed JSON), then per step ``set_lr(engine.optimizer,
 schedule(step))`` and ``pretrain.training.step.train_step`` (forward, ``lm_loss``,
 ``engine.backward``, ``engine.step`` with DeepSpeed's gradient clipping; loss and grad norm
-fetched as floats). The rest of ``training/loop.py`` (metrics dict, callbacks; its
+fetched as floats). The rest of ``Trainer._loop`` (metrics dict, callbacks; its
 ``all_reduce_sum`` is skipped in a world of one) is not included.
 
 *bare* is the plain loop on a copy of the same model: forward, ``F.cross_entropy`` on fp32
@@ -316,21 +316,17 @@ class Side:
 
 
 def make_ours(model, args, precision: str, setup: Setup, device: str, schedule, timer: PhaseTimer) -> Side:
-    import deepspeed
-
-    from pretrain.model.param_groups import param_groups
-    from pretrain.optim import OptimizerConfig
-    from pretrain.schedules import set_lr
+    from pretrain.optim import OptimizerConfig, set_lr
+    from pretrain.trainer import build_engine
     from pretrain.training.step import train_step
 
     stage = args.zero_fp32 if precision == "fp32" else args.zero_bf16
     opt_cfg = OptimizerConfig(lr=args.lr, grad_clip=args.grad_clip)
-    optimizer = opt_cfg.build(param_groups(model, opt_cfg.weight_decay, opt_cfg.embedding_weight_decay))
     ds = deepspeed_config(precision, stage, setup.micro_batch, setup.grad_accum, args.grad_clip, args.ds_set)
     chatter = io.StringIO()  # DeepSpeed's BF16_Optimizer prints memory reports to stdout while it sets up
     try:
         with contextlib.redirect_stdout(chatter):
-            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+            engine = build_engine(model, opt_cfg, ds, device)  # what the Trainer builds
     except BaseException:
         sys.stdout.write(chatter.getvalue())
         raise
@@ -518,7 +514,7 @@ def measure(args, setup: Setup, mode: str, dist, schedule_for) -> Result:
     if len(copies) > 1:
         sides.append(make_bare(copies[1], args, "bf16params", setup, device, schedule, timer))
     if compiled is not None:
-        compiled.compile()  # as pretrain/main.py does for train.compile: true (in place, before DeepSpeed)
+        compiled.compile()  # as build_engine does for train.compile: true (in place, before DeepSpeed)
         side = make_ours(compiled, args, mode, setup, device, schedule, timer)
         side.name, side.desc = "ours+comp", side.desc + ", compiled"
         sides.append(side)

@@ -22,6 +22,11 @@ before its files.
 DeepSpeed loads its files with ``torch.load(weights_only=False)``; we load
 them with ``weights_only=True``, allowing only the three DeepSpeed classes its
 files contain.
+
+Reading is :class:`CheckpointDir` (read-only: list, verify, find the newest
+sound one, resolve a tag or a path safely, load into an engine); writing is
+:class:`CheckpointSaver`. Where a run's checkpoints live is decided in one
+place, :meth:`CheckpointConfig.root`.
 """
 
 from __future__ import annotations
@@ -33,23 +38,68 @@ import os
 import re
 import shutil
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 from data_prep.fsutil import atomic_write_bytes, sha256_file
 
-from . import __version__
+from . import __version__, faults
 from .distributed import DistInfo, barrier
 
 MARKER = "COMPLETE"
 MANIFEST = "MANIFEST.json"
 POINTER = "latest"
 TAG_RE = re.compile(r"^step_(\d{8,})$")
-PAUSE_ENV = "PRETRAIN_TEST_PAUSE_AT"  # test-only: "phase[@rank][#step]" pauses a save there
 SAVE_PHASES = ("engine_save", "rank_state", "manifest", "marker", "pointer", "prune")
 
 Verify = Literal["hash", "size", "none"]
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # default: <run_dir>/checkpoints
+    interval: int = 0  # save every N updates; 0: only at the end (and on preemption)
+    interval_minutes: float = 0.0  # also save when this much time passed since the last save; 0: off
+    keep_last: int = 2  # complete checkpoints kept besides the permanent ones (older ones are pruned)
+    resume: bool = True  # continue from the newest sound checkpoint in `dir` if there is one
+    verify: Verify = "hash"  # check files against the manifest before loading
+    permanent: list[int] = field(default_factory=list)  # steps saved and never pruned (branch points)
+    permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
+    schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
+    branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
+    restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for name in ("interval", "permanent_every"):
+            if getattr(self, name) < 0:
+                problems.append((name, "an integer >= 0"))
+        if self.interval_minutes < 0:
+            problems.append(("interval_minutes", "a number of minutes >= 0"))
+        if self.keep_last < 1:
+            problems.append(("keep_last", "an integer >= 1"))
+        if any(s < 1 for s in self.permanent):
+            problems.append(("permanent", "steps >= 1"))
+        return problems
+
+    def root(self, run_dir: Path) -> Path:
+        """Where the run's checkpoints live: ``dir`` (relative to the working directory, or else to the
+        run directory when only that exists), or ``<run_dir>/checkpoints``. The one rule, for writers and readers."""
+        if not self.dir:
+            return Path(run_dir) / "checkpoints"
+        path = Path(self.dir)
+        if not path.is_absolute() and not path.is_dir() and (Path(run_dir) / path).is_dir():
+            return Path(run_dir) / path
+        return path
+
+    def permanent_steps(self, schedule, max_steps: int) -> list[int]:
+        steps = set(self.permanent)
+        if self.permanent_every:
+            steps.update(range(self.permanent_every, max_steps + 1, self.permanent_every))
+        if self.schedule_branch_points:
+            steps.update(schedule.branch_points(max_steps))
+        return sorted(s for s in steps if 1 <= s <= max_steps)
 
 
 class CheckpointError(RuntimeError):
@@ -75,19 +125,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pause_for_tests(phase: str, rank: int, root: Path, step: int) -> None:
-    """Test hook: block forever at ``phase`` so a test can kill -9 the process there."""
-    want = os.environ.get(PAUSE_ENV)
-    if not want:
-        return
-    want, _, at_step = want.partition("#")
-    name, _, who = want.partition("@")
-    if name == phase and (not who or int(who) == rank) and (not at_step or int(at_step) == step):
-        (root / f".paused-{phase}-rank{rank}").touch()
-        while True:
-            time.sleep(1)
 
 
 # DeepSpeed's checkpoint files hold these classes besides tensors and plain data.
@@ -119,88 +156,42 @@ def weights_only_loading() -> Iterator[None]:
         torch.load = original
 
 
-class Checkpointer:
-    def __init__(
-        self,
-        root: Path,
-        keep_last: int,
-        dist: DistInfo,
-        config_hash: str = "",
-        config_yaml: str = "",
-        verify: Verify = "hash",
-    ):
+class CheckpointDir:
+    """The checkpoints under one root, read-only: list, verify, find, resolve, load."""
+
+    def __init__(self, root: Path, verify: Verify = "hash"):
         self.root = Path(root)
-        self.keep_last = keep_last
-        self.dist = dist
-        self.config_hash = config_hash
-        self.config_yaml = config_yaml
         self.verify_mode = verify
 
-    # -- saving ----------------------------------------------------------------------------
-    def save(self, engine, state, rank_state: dict[str, Any], permanent: bool = False) -> Path:
-        """Save ``engine`` and this rank's ``rank_state``; commit once every rank is done."""
-        tag = tag_for(state.step)
-        path = self.root / tag
-        rank = self.dist.rank
-        if self.dist.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            (path / MARKER).unlink(missing_ok=True)  # re-saving a step: it is incomplete until committed
-        barrier()
-        _pause_for_tests("engine_save", rank, self.root, state.step)
-        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+    @classmethod
+    def open(cls, path: Path, verify: Verify = "hash") -> tuple["CheckpointDir", str]:
+        """(its directory, tag) of one complete checkpoint given by its path; CheckpointError for anything else.
 
-        # The universal-checkpoint info lets ds_to_universal convert this checkpoint for another world size.
-        client = {UNIVERSAL_CHECKPOINT_INFO: {"universal_checkpoint_version": 0.2}}
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=client, save_latest=False)
-        full_state = {**rank_state, "state": state.to_dict(), "rank": rank, "world_size": self.dist.world_size}
-        atomic_write_text(path / f"trainer_state_rank{rank}.json", json.dumps(full_state))
-        _pause_for_tests("rank_state", rank, self.root, state.step)
-        barrier()  # every rank's files are on disk
-        if self.dist.is_main:
-            self._commit(path, state, permanent)
-        barrier()
+        The one check of a checkpoint named by a user (``--branch-from``, ``evaluate``, ``export``, ...).
+        """
+        path = Path(path).resolve()
+        if not TAG_RE.match(path.name) or not (path / MARKER).is_file():
+            raise CheckpointError(f"{path}: not a complete checkpoint (expected a step_NNNNNNNN directory with a {MARKER} marker)")
+        return cls(path.parent, verify), path.name
+
+    def path(self, tag: str) -> Path:
+        """``root/tag``, refusing a tag that is not a checkpoint name or leaves the root."""
+        path = (self.root / tag).resolve()
+        if not TAG_RE.match(tag) or self.root.resolve() not in path.parents:
+            raise CheckpointError(f"checkpoint {tag!r} is outside the checkpoint directory {self.root}")
         return path
 
-    def _commit(self, path: Path, state, permanent: bool) -> None:
-        rank = self.dist.rank
-        if self.config_yaml:
-            atomic_write_text(path / "config.yaml", self.config_yaml)
-        files = {
-            str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
-        }
-        manifest_text = json.dumps({"files": files}, indent=1)
-        atomic_write_text(path / MANIFEST, manifest_text)
-        _pause_for_tests("manifest", rank, self.root, state.step)
-        marker = {
-            "step": state.step,
-            "tokens": state.tokens,
-            "world_size": self.dist.world_size,
-            "config_hash": self.config_hash,
-            "version": __version__,
-            "permanent": permanent,
-            "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
-        }
-        atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
-        _pause_for_tests("marker", rank, self.root, state.step)
-        atomic_write_text(self.root / POINTER, path.name + "\n")
-        _pause_for_tests("pointer", rank, self.root, state.step)
-        self._prune(state.step)
-
-    def _prune(self, step: int = 0) -> None:
-        removable = [t for t in self.complete_tags() if not self.marker(t).get("permanent")]
-        for tag in removable[: -self.keep_last]:
-            (self.root / tag / MARKER).unlink(missing_ok=True)
-            _pause_for_tests("prune", self.dist.rank, self.root, step)
-            shutil.rmtree(self.root / tag, ignore_errors=True)
-        # Incomplete leftovers older than the newest complete checkpoint (a save killed midway).
+    def tag_of(self, tag: Optional[str] = None) -> str:
+        """``tag`` if it is complete (else CheckpointError naming the complete ones), or the newest complete one."""
         complete = self.complete_tags()
-        if complete:
-            newest = step_of(complete[-1])
-            for p in self.root.iterdir():
-                if TAG_RE.match(p.name) and p.name not in complete and step_of(p.name) < newest:
-                    shutil.rmtree(p, ignore_errors=True)
+        if tag is None:
+            if not complete:
+                raise CheckpointError(f"no complete checkpoint (a step_* directory with a {MARKER} marker) in {self.root}")
+            return complete[-1]
+        if tag not in complete:
+            state = "is incomplete (no COMPLETE marker)" if (self.root / tag).is_dir() else "does not exist"
+            raise CheckpointError(f"checkpoint {self.root / tag} {state}; complete checkpoints: {', '.join(complete) or 'none'}")
+        return tag
 
     # -- finding and checking --------------------------------------------------------------
     def complete_tags(self) -> list[str]:
@@ -253,15 +244,14 @@ class Checkpointer:
             raise CheckpointError(f"no loadable checkpoint in {self.root}: all {len(tags)} complete ones are damaged (see warnings)")
         return None
 
-    def resolve_tag_path(self, path: Path) -> tuple[Path, str]:
-        """(checkpoint root, tag) of a checkpoint directory given by the user; refuses anything else."""
-        path = Path(path).resolve()
-        if not TAG_RE.match(path.name) or not (path / MARKER).is_file():
-            raise CheckpointError(f"{path}: not a complete checkpoint (expected a step_NNNNNNNN directory with a {MARKER} marker)")
-        return path.parent, path.name
+    def check(self, tag: str) -> None:
+        """CheckpointError unless ``tag``'s files match its manifest."""
+        problems = self.verify(tag)
+        if problems:
+            raise CheckpointError(f"checkpoint {self.root / tag}: files differ from its manifest: {'; '.join(problems)}")
 
     # -- loading -----------------------------------------------------------------------------
-    def load(self, engine, tag: str, load_dir: Optional[Path] = None) -> dict[str, Any]:
+    def load(self, engine, tag: str, dist: DistInfo, load_dir: Optional[Path] = None) -> dict[str, Any]:
         """Load weights and optimizer state of ``tag``; return this rank's trainer state.
 
         ``load_dir`` holds the DeepSpeed files when they were converted (universal
@@ -270,20 +260,97 @@ class Checkpointer:
         of its own gets rank 0's (the data position is global; RNG states are not
         carried over then).
         """
-        path = (self.root / tag).resolve()
-        if self.root.resolve() not in path.parents or not TAG_RE.match(tag):
-            raise CheckpointError(f"checkpoint {tag!r} is outside the checkpoint directory {self.root}")
+        path = self.path(tag)
         with weights_only_loading():
             load_path, _ = engine.load_checkpoint(
                 str(load_dir or self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
             )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {path}")
-        rank_file = path / f"trainer_state_rank{self.dist.rank}.json"
-        same_world = self.marker(tag)["world_size"] == self.dist.world_size
+        rank_file = path / f"trainer_state_rank{dist.rank}.json"
+        same_world = self.marker(tag)["world_size"] == dist.world_size
         if not same_world or not rank_file.is_file():
             rank_file = path / "trainer_state_rank0.json"
         saved = json.loads(rank_file.read_text())
         if not same_world:
             saved.pop("rng", None)
         return saved
+
+
+class CheckpointSaver:
+    """Writes a run's checkpoints: every rank's files, then the commit (manifest, marker, pointer), then pruning."""
+
+    def __init__(self, root: Path, keep_last: int, dist: DistInfo, config_hash: str = "", config_yaml: str = ""):
+        self.dir = CheckpointDir(root)
+        self.root = self.dir.root
+        self.keep_last = keep_last
+        self.dist = dist
+        self.config_hash = config_hash
+        self.config_yaml = config_yaml
+
+    # -- saving ----------------------------------------------------------------------------
+    def save(self, engine, state, rank_state: dict[str, Any], permanent: bool = False) -> Path:
+        """Save ``engine`` and this rank's ``rank_state``; commit once every rank is done."""
+        tag = tag_for(state.step)
+        path = self.root / tag
+        rank = self.dist.rank
+        if self.dist.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (path / MARKER).unlink(missing_ok=True)  # re-saving a step: it is incomplete until committed
+        barrier()
+        faults.pause("engine_save", rank, self.root, state.step)
+        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+        # The universal-checkpoint info lets ds_to_universal convert this checkpoint for another world size.
+        client = {UNIVERSAL_CHECKPOINT_INFO: {"universal_checkpoint_version": 0.2}}
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=client, save_latest=False)
+        full_state = {**rank_state, "state": state.to_dict(), "rank": rank, "world_size": self.dist.world_size}
+        atomic_write_text(path / f"trainer_state_rank{rank}.json", json.dumps(full_state))
+        faults.pause("rank_state", rank, self.root, state.step)
+        barrier()  # every rank's files are on disk
+        if self.dist.is_main:
+            self._commit(path, state, permanent)
+        barrier()
+        return path
+
+    def _commit(self, path: Path, state, permanent: bool) -> None:
+        rank = self.dist.rank
+        if self.config_yaml:
+            atomic_write_text(path / "config.yaml", self.config_yaml)
+        files = {
+            str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
+        }
+        manifest_text = json.dumps({"files": files}, indent=1)
+        atomic_write_text(path / MANIFEST, manifest_text)
+        faults.pause("manifest", rank, self.root, state.step)
+        marker = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "world_size": self.dist.world_size,
+            "config_hash": self.config_hash,
+            "version": __version__,
+            "permanent": permanent,
+            "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
+        }
+        atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
+        faults.pause("marker", rank, self.root, state.step)
+        atomic_write_text(self.root / POINTER, path.name + "\n")
+        faults.pause("pointer", rank, self.root, state.step)
+        self._prune(state.step)
+
+    def _prune(self, step: int = 0) -> None:
+        removable = [t for t in self.dir.complete_tags() if not self.dir.marker(t).get("permanent")]
+        for tag in removable[: -self.keep_last]:
+            (self.root / tag / MARKER).unlink(missing_ok=True)
+            faults.pause("prune", self.dist.rank, self.root, step)
+            shutil.rmtree(self.root / tag, ignore_errors=True)
+        # Incomplete leftovers older than the newest complete checkpoint (a save killed midway).
+        complete = self.dir.complete_tags()
+        if complete:
+            newest = step_of(complete[-1])
+            for p in self.root.iterdir():
+                if TAG_RE.match(p.name) and p.name not in complete and step_of(p.name) < newest:
+                    shutil.rmtree(p, ignore_errors=True)
+

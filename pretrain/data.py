@@ -49,25 +49,37 @@ class DataConfig:
             problems.append(("num_workers", "an integer >= 0"))
         return problems
 
+    def build(self) -> "DataSource":
+        """What reads the data this config names."""
+        return DataSource(self)
+
+
+class DataSource:
+    """The data a :class:`DataConfig` names: where its files are (local or a cache of remote data), the
+    checks run before any work, and the training and validation loaders."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+
     # -- where the data is -----------------------------------------------------------------
     @property
     def streamed(self) -> bool:
         """Read through a local cache (remote data, or a cache_dir given for local data)."""
-        return is_remote(self.path) or self.cache_dir is not None
+        return is_remote(self.cfg.path) or self.cfg.cache_dir is not None
 
     @property
     def local_root(self) -> Path:
         """Where the files are read from: the data directory itself, or its cache."""
         if not self.streamed:
-            return Path(self.path)
-        if self.cache_dir:
-            return Path(self.cache_dir)
+            return Path(self.cfg.path)
+        if self.cfg.cache_dir:
+            return Path(self.cfg.cache_dir)
         import hashlib
 
-        return Path.home() / ".cache" / "pretrain" / hashlib.sha256(self.path.encode()).hexdigest()[:16]
+        return Path.home() / ".cache" / "pretrain" / hashlib.sha256(self.cfg.path.encode()).hexdigest()[:16]
 
     def _remote(self, rel: str) -> Optional[str]:
-        return f"{self.path.rstrip('/')}/{rel}" if self.streamed else None
+        return f"{self.cfg.path.rstrip('/')}/{rel}" if self.streamed else None
 
     def fetch(self, rel: str) -> Path:
         """The local copy of ``path/rel``, downloaded into the cache first when streamed (fresh each run)."""
@@ -77,7 +89,7 @@ class DataConfig:
 
             local.parent.mkdir(parents=True, exist_ok=True)
             local.unlink(missing_ok=True)
-            CloudDownloader.direct_download(self._remote(rel), str(local), timeout=self.download_timeout)
+            CloudDownloader.direct_download(self._remote(rel), str(local), timeout=self.cfg.download_timeout)
         return local
 
     # -- checks against the files, run before any work ------------------------------------
@@ -90,34 +102,34 @@ class DataConfig:
         """(key, value, expected) problems with the data directory and tokenizer."""
         if self.streamed:
             return self._check_remote()
-        root = Path(self.path)
+        root = Path(self.cfg.path)
         if not root.is_dir():
-            return [("path", self.path, "an existing directory written by `python -m data_prep tokenize` (not found)")]
+            return [("path", self.cfg.path, "an existing directory written by `python -m data_prep tokenize` (not found)")]
         mpath = root / "manifest.json"
         try:
             manifest = self.manifest()
         except FileNotFoundError:
-            return [("path", self.path, f"a data directory with manifest.json ({mpath} not found; run `python -m data_prep tokenize`)")]
+            return [("path", self.cfg.path, f"a data directory with manifest.json ({mpath} not found; run `python -m data_prep tokenize`)")]
         except (ValueError, OSError) as e:
-            return [("path", self.path, f"a valid dataset manifest ({e})")]
+            return [("path", self.cfg.path, f"a valid dataset manifest ({e})")]
         problems = []
         for split in SPLITS:
             for d in self.split_dirs(manifest, split):
                 if not (d / "index.json").is_file():
-                    problems.append(("path", self.path, f"an MDS dataset at {d}/index.json (not found)"))
+                    problems.append(("path", self.cfg.path, f"an MDS dataset at {d}/index.json (not found)"))
         sources = list(self.sources(manifest, "train"))
-        if self.mix and not sources:
-            problems.append(("mix", self.mix, "{} for single-layout data (mixing needs `data_prep tokenize --per-source`)"))
-        unknown = sorted(set(self.mix) - set(sources)) if sources else []
+        if self.cfg.mix and not sources:
+            problems.append(("mix", self.cfg.mix, "{} for single-layout data (mixing needs `data_prep tokenize --per-source`)"))
+        unknown = sorted(set(self.cfg.mix) - set(sources)) if sources else []
         if unknown:
-            problems.append(("mix", self.mix, f"sources of {self.path}: {', '.join(sources)} (unknown: {', '.join(unknown)})"))
+            problems.append(("mix", self.cfg.mix, f"sources of {self.cfg.path}: {', '.join(sources)} (unknown: {', '.join(unknown)})"))
         shard_len = manifest.get("seq_len")
-        if self.seq_len is not None and isinstance(shard_len, int) and self.seq_len > shard_len:
-            problems.append(("seq_len", self.seq_len, f"at most the shards' seq_len {shard_len} (from {mpath})"))
+        if self.cfg.seq_len is not None and isinstance(shard_len, int) and self.cfg.seq_len > shard_len:
+            problems.append(("seq_len", self.cfg.seq_len, f"at most the shards' seq_len {shard_len} (from {mpath})"))
         tok = self.tokenizer_path(manifest)
         if tok is None or not Path(tok).is_file():
-            key = "tokenizer" if self.tokenizer else "path"
-            problems.append((key, self.tokenizer or self.path, f"an existing sentencepiece model file ({tok} not found)"))
+            key = "tokenizer" if self.cfg.tokenizer else "path"
+            problems.append((key, self.cfg.tokenizer or self.cfg.path, f"an existing sentencepiece model file ({tok} not found)"))
         return problems
 
     def _check_remote(self) -> list[tuple[str, Any, str]]:
@@ -129,18 +141,18 @@ class DataConfig:
                 for d in self.split_dirs(manifest, split):
                     self.fetch(f"{d.relative_to(self.local_root).as_posix()}/index.json")
         except Exception as e:  # any storage backend's error: credentials, network, missing object
-            return [("path", self.path, f"reachable data with a manifest.json ({type(e).__name__}: {str(e)[:300]})")]
+            return [("path", self.cfg.path, f"reachable data with a manifest.json ({type(e).__name__}: {str(e)[:300]})")]
         problems = []
         shard_len = manifest.get("seq_len")
-        if self.seq_len is not None and isinstance(shard_len, int) and self.seq_len > shard_len:
-            problems.append(("seq_len", self.seq_len, f"at most the shards' seq_len {shard_len} (from {self.path}/manifest.json)"))
-        if self.tokenizer and not Path(self.tokenizer).is_file():  # training itself needs only the vocabulary size
-            problems.append(("tokenizer", self.tokenizer, "an existing sentencepiece model file (not found)"))
+        if self.cfg.seq_len is not None and isinstance(shard_len, int) and self.cfg.seq_len > shard_len:
+            problems.append(("seq_len", self.cfg.seq_len, f"at most the shards' seq_len {shard_len} (from {self.cfg.path}/manifest.json)"))
+        if self.cfg.tokenizer and not Path(self.cfg.tokenizer).is_file():  # training itself needs only the vocabulary size
+            problems.append(("tokenizer", self.cfg.tokenizer, "an existing sentencepiece model file (not found)"))
         return problems
 
     def tokenizer_path(self, manifest: Optional[dict[str, Any]] = None) -> Optional[str]:
-        if self.tokenizer:
-            return self.tokenizer
+        if self.cfg.tokenizer:
+            return self.cfg.tokenizer
         manifest = manifest if manifest is not None else self.manifest()
         tok = manifest.get("tokenizer", {})
         return tok.get("path") if isinstance(tok, dict) else None
@@ -162,15 +174,15 @@ class DataConfig:
     def _dataset_kwargs(self, split: str, proportions: bool) -> dict[str, Any]:
         """``local=``/``remote=`` for a single dataset (or natural mixing), ``streams=`` to mix sources by proportion."""
         sources = self.sources(self.manifest(), split)
-        if not (proportions and self.mix and sources):  # the split's merged index covers every source
+        if not (proportions and self.cfg.mix and sources):  # the split's merged index covers every source
             return {"local": str(self.local_root / split), "remote": self._remote(split)}
         from streaming import Stream
 
         return {
             "streams": [
-                Stream(local=str(self.local_root / d), remote=self._remote(d.as_posix()), proportion=self.mix[name])
+                Stream(local=str(self.local_root / d), remote=self._remote(d.as_posix()), proportion=self.cfg.mix[name])
                 for name, d in sources.items()
-                if self.mix.get(name, 0) > 0
+                if self.cfg.mix.get(name, 0) > 0
             ]
         }
 
@@ -215,10 +227,10 @@ class DataConfig:
 
         ds = StreamingDataset(
             **self._dataset_kwargs("train", proportions=True),
-            shuffle=self.shuffle,
+            shuffle=self.cfg.shuffle,
             shuffle_seed=seed,
             batch_size=micro_batch_size,
-            validate_hash="sha1" if self.validate_hash else None,
+            validate_hash="sha1" if self.cfg.validate_hash else None,
             replication=None,
         )
         import torch
@@ -226,7 +238,7 @@ class DataConfig:
         return StreamingDataLoader(
             ds,
             batch_size=micro_batch_size,
-            num_workers=self.num_workers,
+            num_workers=self.cfg.num_workers,
             collate_fn=collate_tokens,
             drop_last=True,
             persistent_workers=False,
@@ -242,7 +254,7 @@ class DataConfig:
             **self._dataset_kwargs("val", proportions=False),
             shuffle=False,
             batch_size=1,
-            validate_hash="sha1" if self.validate_hash else None,
+            validate_hash="sha1" if self.cfg.validate_hash else None,
         )
 
 

@@ -164,61 +164,6 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], config: GPTConfig, fmt: str) -
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def read_run_model_config(run_dir: Path) -> tuple[GPTConfig, dict[str, Any]]:
-    """``(GPTConfig, whole run config as a dict)`` from ``RUN_DIR/config.yaml``."""
-    import yaml
-
-    from pretrain.config import ConfigError, from_dict
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ExportError(f"{path} not found: --run-dir must be a run directory written by pretrain.py")
-    data = yaml.safe_load(path.read_text()) or {}
-    model = data.get("model")
-    if not isinstance(model, dict):
-        raise ExportError(f"{path}: no `model:` section")
-    try:
-        config = from_dict(GPTConfig, model, str(path), prefix="model")
-    except ConfigError as e:
-        raise ExportError(str(e)) from None
-    if config.vocab_size is None:
-        raise ExportError(f"{path}: model.vocab_size is null (not a resolved run config)")
-    return config, data
-
-
-def checkpoint_root(run_dir: Path, run: dict[str, Any], override: Optional[str] = None) -> Path:
-    """Where the run's checkpoints are: ``override``, the run config's ``checkpoint.dir``, or RUN_DIR/checkpoints."""
-    if override:
-        return Path(override)
-    configured = (run.get("checkpoint") or {}).get("dir")
-    if configured:
-        path = Path(configured)
-        if not path.is_absolute() and not path.is_dir() and (Path(run_dir) / path).is_dir():
-            path = Path(run_dir) / path
-        return path
-    return Path(run_dir) / "checkpoints"
-
-
-def choose_tag(root: Path, tag: Optional[str] = None, verify: bool = True) -> str:
-    """``tag`` if it is a complete checkpoint (else ExportError), or the newest complete one."""
-    from pretrain.checkpoint import MARKER, Checkpointer
-
-    ckpt = Checkpointer(root, keep_last=1, dist=None)
-    complete = ckpt.complete_tags()
-    if tag is None:
-        if not complete:
-            raise ExportError(f"no complete checkpoint (a step_* directory with a {MARKER} marker) in {root}")
-        tag = complete[-1]
-    elif tag not in complete:
-        state = "is incomplete (no COMPLETE marker)" if (root / tag).is_dir() else "does not exist"
-        raise ExportError(f"checkpoint {root / tag} {state}; complete checkpoints: {', '.join(complete) or 'none'}")
-    if verify:
-        bad = ckpt.verify(tag)
-        if bad:
-            raise ExportError(f"checkpoint {root / tag}: files differ from its {MARKER} marker: {', '.join(bad)}")
-    return tag
-
-
 def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
     """fp32 weights of ``root/tag``, gathered from every ZeRO partition by DeepSpeed."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
@@ -234,9 +179,20 @@ def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
 def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[str] = None,
              verify: bool = True) -> tuple[GPT, str, dict[str, Any]]:
     """``(model in fp32 eval mode, tag, run config dict)`` from a run's checkpoint."""
-    config, run = read_run_model_config(run_dir)
-    root = checkpoint_root(run_dir, run, checkpoint_dir)
-    tag = choose_tag(root, tag, verify)
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.config import ConfigError
+    from pretrain.rundir import RunDir, RunDirError
+
+    try:
+        run = RunDir(run_dir)
+        config = run.model_config()
+        ckpts = run.checkpoints(checkpoint_dir)
+        tag = ckpts.tag_of(tag)
+        if verify:
+            ckpts.check(tag)
+    except (RunDirError, ConfigError, CheckpointError) as e:
+        raise ExportError(str(e)) from None
+    root = ckpts.root
     sd = consolidated_state_dict(root, tag)
     with torch.device("meta"):
         model = GPT(config)
@@ -250,23 +206,10 @@ def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[
     model.load_state_dict(sd, strict=True, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
-    return model.float().eval(), tag, run
+    return model.float().eval(), tag, run.config_dict
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
-
-
-def tokenizer_path(run: dict[str, Any]) -> Optional[Path]:
-    """The sentencepiece model the run used: ``data.tokenizer``, else the data manifest's."""
-    data = run.get("data") or {}
-    if data.get("tokenizer"):
-        return Path(data["tokenizer"])
-    manifest = Path(str(data.get("path", ""))) / "manifest.json"
-    try:
-        tok = json.loads(manifest.read_text()).get("tokenizer", {})
-    except (OSError, ValueError):
-        return None
-    return Path(tok["path"]) if isinstance(tok, dict) and tok.get("path") else None
 
 
 def _sentencepiece_info(tok: Optional[Path]) -> tuple[dict[str, tuple[Optional[int], Optional[str]]], bool]:
@@ -310,7 +253,14 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
         raise ExportError(f"dtype {dtype!r}: expected float32 or bfloat16")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists (pass --overwrite to replace it)")
-    config, run = read_run_model_config(run_dir)
+    from pretrain.config import ConfigError
+    from pretrain.rundir import RunDir, RunDirError
+
+    try:
+        rundir = RunDir(run_dir)
+        config = rundir.model_config()
+    except (RunDirError, ConfigError) as e:
+        raise ExportError(str(e)) from None
     reasons = unsupported(config, fmt)
     if reasons:
         raise ExportError(f"cannot export {run_dir} as {fmt} ({ARCHITECTURES.get(fmt, fmt)}):\n  " + "\n  ".join(reasons))
@@ -319,7 +269,7 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
     torch_dtype = getattr(torch, dtype)
     tensors = {k: v.detach().to(torch_dtype).contiguous() for k, v in to_hf_state_dict(model.state_dict(), config, fmt).items()}
 
-    tok = tokenizer_path(run)
+    tok = rundir.tokenizer_path()
     if tok is not None and not tok.is_file():
         log(f"warning: tokenizer {tok} not found; exporting without it")
         tok = None

@@ -57,3 +57,12 @@ class OptimizerConfig:
             param_groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps, weight_decay=self.weight_decay,
             **({"fused": True} if fused else {}),
         )
+
+
+def set_lr(optimizer: Any, multiplier: float) -> dict[str, float]:
+    """Set every param group's LR to its own ``base_lr`` times ``multiplier``; return the LR set per group name."""
+    lrs = {}
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = group["base_lr"] * multiplier
+        lrs[group.get("name", str(i))] = group["lr"]
+    return lrs

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from .training.callbacks import read_metrics
+from .rundir import read_metrics
 
 
 def _ema(values: list[float], beta: float = 0.9) -> list[float]:

@@ -13,9 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-import yaml
-
-from .training.callbacks import read_metrics
+from .rundir import RunDir
 
 
 def unigram_baseline(data_dir: str | Path) -> float:
@@ -34,15 +32,16 @@ def unigram_baseline(data_dir: str | Path) -> float:
 
 
 def report(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    records = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
+    cfg = run.config_dict
+    records = run.metrics()
     vals = [r for r in records if "val_loss" in r]
     baseline = unigram_baseline(cfg["data"]["path"])
     from .plot import plot_run
 
     png = plot_run(run_dir, baseline=baseline)
-    ckpt_dir = Path(cfg["checkpoint"]["dir"] or run_dir / "checkpoints")
+    ckpt_dir = run.checkpoints().root
     final = vals[-1]["val_loss"] if vals else float("nan")
     out = {
         "steps": records[-1]["step"],
@@ -60,11 +59,8 @@ def report(run_dir: str | Path) -> dict:
     print(f"  checkpoints    {ckpt_dir}  (latest: {(ckpt_dir / 'latest').read_text().strip() if (ckpt_dir / 'latest').exists() else 'none'})")
     print(f"  loss curve     {png}")
     print(f"trained {out['steps']} steps, {out['tokens']:,} tokens")
-    hw_path = run_dir / "hardware.json"
-    if hw_path.is_file():
-        import json
-
-        hw = json.loads(hw_path.read_text())
+    hw = run.hardware()
+    if hw:
         out["precision"] = hw.get("precision")
         print(f"precision {hw.get('precision')} ({hw.get('precision_reason')}); "
               f"{hw.get('threads_per_rank')} thread(s) per rank ({hw.get('threads_reason')})")
@@ -75,7 +71,7 @@ def report(run_dir: str | Path) -> dict:
         out["mfu"] = statistics.median(mfus[-20:])
         print(f"MFU {out['mfu']:.1%} (median of the last {min(20, len(mfus))} steps; against "
               f"{hw.get('peak_tflops_per_rank', float('nan')):.3g} TFLOP/s per rank: {hw.get('peak_source')})"
-              if hw_path.is_file() else f"MFU {out['mfu']:.1%}")
+              if hw else f"MFU {out['mfu']:.1%}")
     print(
         f"final validation loss {final:.4f} nats/token (ppl {math.exp(final):.1f}) vs unigram baseline "
         f"{baseline:.4f} (ppl {math.exp(baseline):.1f}): ratio {out['ratio']:.3f}"

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .checkpoint import MARKER, Checkpointer, CheckpointError, step_of
+from .checkpoint import MARKER, CheckpointDir, CheckpointError, step_of
 from .distributed import DistInfo, barrier
 
 # Model fields a resume may change; any other model change cannot load the saved weights.
@@ -52,21 +52,21 @@ def _broadcast(obj: Any) -> Any:
     return obj
 
 
-def find_start(cfg, dist: DistInfo, own: Checkpointer) -> Optional[StartPoint]:
+def find_start(cfg, dist: DistInfo) -> Optional[StartPoint]:
     """This run's newest sound checkpoint; else ``checkpoint.branch_from``; else None (fresh)."""
     found: Any = None
     if dist.is_main:
         try:
+            own = CheckpointDir(cfg.checkpoint_dir, cfg.checkpoint.verify)
             tag = own.newest_sound() if cfg.checkpoint.resume else None
             if tag is not None:
                 found = ("own", str(own.root), tag)
             elif cfg.checkpoint.branch_from:
-                root, tag = own.resolve_tag_path(Path(cfg.checkpoint.branch_from))
-                parent = Checkpointer(root, 1, dist, verify=cfg.checkpoint.verify)
+                parent, tag = CheckpointDir.open(Path(cfg.checkpoint.branch_from), cfg.checkpoint.verify)
                 problems = parent.verify(tag)
                 if problems:
-                    raise CheckpointError(f"cannot branch from {root / tag}: {'; '.join(problems)}")
-                found = ("branch", str(root), tag)
+                    raise CheckpointError(f"cannot branch from {parent.root / tag}: {'; '.join(problems)}")
+                found = ("branch", str(parent.root), tag)
         except CheckpointError as e:
             found = ("error", str(e), "")
     found = _broadcast(found)

@@ -14,15 +14,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
+from .checkpoint import CheckpointConfig
 from .data import DataConfig
 from .model.gpt import GPTConfig
 from .optim import OptimizerConfig
 from .schedules import ScheduleConfig
+from .training.callbacks import LoggingConfig
+from .training.evaluate import EvalConfig
 
 if TYPE_CHECKING:
     from .hardware import Hardware
@@ -72,65 +75,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    interval: int = 100  # validate every N updates (and always after the last); 0: only at the end
-    max_samples: int = 256  # validation sequences (over all ranks), the same fixed ones every time
-
-    def validate(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.interval < 0:
-            problems.append(("interval", "an integer >= 0"))
-        if self.max_samples < 1:
-            problems.append(("max_samples", "an integer >= 1"))
-        return problems
-
-
-@dataclass
-class CheckpointConfig:
-    dir: Optional[str] = None  # default: <run_dir>/checkpoints
-    interval: int = 0  # save every N updates; 0: only at the end (and on preemption)
-    interval_minutes: float = 0.0  # also save when this much time passed since the last save; 0: off
-    keep_last: int = 2  # complete checkpoints kept besides the permanent ones (older ones are pruned)
-    resume: bool = True  # continue from the newest sound checkpoint in `dir` if there is one
-    verify: Literal["hash", "size", "none"] = "hash"  # check files against the manifest before loading
-    permanent: list[int] = field(default_factory=list)  # steps saved and never pruned (branch points)
-    permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
-    schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
-    branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
-    restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
-
-    def validate(self) -> list[tuple[str, str]]:
-        problems = []
-        for name in ("interval", "permanent_every"):
-            if getattr(self, name) < 0:
-                problems.append((name, "an integer >= 0"))
-        if self.interval_minutes < 0:
-            problems.append(("interval_minutes", "a number of minutes >= 0"))
-        if self.keep_last < 1:
-            problems.append(("keep_last", "an integer >= 1"))
-        if any(s < 1 for s in self.permanent):
-            problems.append(("permanent", "steps >= 1"))
-        return problems
-
-    def permanent_steps(self, schedule: "ScheduleConfig", max_steps: int) -> list[int]:
-        steps = set(self.permanent)
-        if self.permanent_every:
-            steps.update(range(self.permanent_every, max_steps + 1, self.permanent_every))
-        if self.schedule_branch_points:
-            steps.update(schedule.branch_points(max_steps))
-        return sorted(s for s in steps if 1 <= s <= max_steps)
-
-
-@dataclass
-class LoggingConfig:
-    interval: int = 10  # console progress line every N updates
-    tensorboard: bool = True
-
-    def validate(self) -> list[tuple[str, str]]:
-        return [("interval", "an integer >= 1")] if self.interval < 1 else []
-
-
-@dataclass
 class DeepSpeedSection:
     config: str = "ds_configs/zero2.json"  # ZeRO settings; batch and precision keys are filled in (or checked)
 
@@ -155,7 +99,7 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.out_dir / "checkpoints"
+        return self.checkpoint.root(self.out_dir)
 
     @property
     def seq_len(self) -> int:
@@ -207,6 +151,36 @@ def load_run_config(path: str | Path, overrides: list[str] = (), sources: Option
     apply_overrides(data, overrides, sources)
     _expand_model_preset(data, sources)
     return from_dict(RunConfig, data, sources)
+
+
+def load_and_resolve(path: str | Path, overrides: Sequence[str], world_size: int,
+                     hardware: Optional["Hardware"] = None) -> tuple[RunConfig, dict[str, Any]]:
+    """Load, override, check and resolve: the resolved RunConfig and DeepSpeed dict, or one ConfigError."""
+    sources = Sources(str(path))
+    cfg = load_run_config(path, list(overrides), sources)
+    return resolve(cfg, world_size, sources, hardware)
+
+
+def plan_text(cfg: RunConfig, world_size: int, precision=None, threads=None) -> str:
+    """The plan printed before a run: size, tokens, TPP, schedule, batch layout, FLOPs, precision, threads."""
+    m, t = cfg.model, cfg.train
+    n_params = m.num_params()
+    total_tokens = t.global_batch_size * cfg.seq_len * t.max_steps
+    flops = m.flops_per_token(cfg.seq_len) * total_tokens
+    text = (
+        f"plan: {n_params / 1e6:.2f}M parameters ({m.num_params(include_embeddings=False) / 1e6:.2f}M non-embedding), "
+        f"{t.max_steps} steps x {t.global_batch_size} seqs x {cfg.seq_len} tokens = {total_tokens:,} tokens "
+        f"({total_tokens / n_params:.2f} tokens/param), warmup {cfg.schedule.warmup_for(t.max_steps)} steps, "
+        f"schedule {cfg.schedule.name}, world {world_size} x micro {t.micro_batch_size} x accum {t.grad_accum}, "
+        f"~{flops:.3g} FLOPs"
+    )
+    if precision is not None:
+        text += f"\n  precision {precision}"
+    if threads is not None:
+        text += f"\n  threads {threads.threads} per rank ({threads.reason})"
+    if t.compile:
+        text += "\n  torch.compile on"
+    return text
 
 
 def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
@@ -286,11 +260,12 @@ def resolve(
     )
 
     # Data directory, manifest, tokenizer.
-    file_problems = cfg.data.check_files()
+    data = cfg.data.build()
+    file_problems = data.check_files()
     for key, value, expected in file_problems:
         problems.add(f"data.{key}", value, expected)
     if not file_problems:
-        manifest = cfg.data.manifest()
+        manifest = data.manifest()
         if cfg.data.seq_len is None:
             cfg.data.seq_len = int(manifest["seq_len"])
         vocab = int(manifest["vocab_size"])
@@ -331,13 +306,15 @@ def resolve(
     # Branch source and permanent steps.
     c = cfg.checkpoint
     if c.branch_from is not None:
-        from .checkpoint import MARKER, TAG_RE
+        from .checkpoint import CheckpointDir, CheckpointError
 
-        src = Path(c.branch_from)
-        if not (TAG_RE.match(src.name) and (src / MARKER).is_file()):
-            problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory (.../checkpoints/step_NNNNNNNN with a {MARKER} marker)")
-        elif src.resolve().parent == cfg.checkpoint_dir.resolve():
-            problems.add("checkpoint.branch_from", c.branch_from, "a checkpoint of another run (this is the run's own checkpoint directory; a branch needs its own run_dir)")
+        try:
+            parent, _ = CheckpointDir.open(Path(c.branch_from))
+            if parent.root.resolve() == cfg.checkpoint_dir.resolve():
+                problems.add("checkpoint.branch_from", c.branch_from, "a checkpoint of another run (this is the run's own "
+                             "checkpoint directory; a branch needs its own run_dir)")
+        except CheckpointError as e:
+            problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory ({e})")
     late = [s for s in c.permanent if s > t.max_steps]
     if late:
         problems.add("checkpoint.permanent", c.permanent, f"steps within the run (<= train.max_steps = {t.max_steps}); {late} are not")

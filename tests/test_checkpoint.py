@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import CheckpointError, Checkpointer, weights_only_loading
+from pretrain import faults
+from pretrain.checkpoint import CheckpointDir, CheckpointError, weights_only_loading
 from pretrain.schedules import ScheduleConfig
 from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
 
@@ -109,7 +110,7 @@ def _run_until_paused(tiny_data, run_dir: Path, phase: str, nproc: int) -> None:
     cmd = (ranks_cmd(nproc) if nproc > 1 else [sys.executable]) + [
         "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir, **{**EXACT, "checkpoint.interval": 2})]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PRETRAIN_TEST_PAUSE_AT": phase})
+                            env={**os.environ, **faults.arm({"checkpoint.pause": phase})})
     deadline = time.time() + 240
     ckpt = run_dir / "checkpoints"
     name = phase.split("#")[0].replace("@", "-rank") if "@" in phase else f"{phase.split('#')[0]}-rank0"
@@ -136,7 +137,7 @@ def _run_until_paused(tiny_data, run_dir: Path, phase: str, nproc: int) -> None:
 def test_kill_9_during_a_save_resumes_from_the_newest_complete(tiny_data, tmp_path, straight, phase, nproc, newest):
     run_dir = tmp_path / "run"
     _run_until_paused(tiny_data, run_dir, phase, nproc)
-    ckpt = Checkpointer(run_dir / "checkpoints", 2, dist=None)
+    ckpt = CheckpointDir(run_dir / "checkpoints")
     assert ckpt.complete_tags()[-1] == f"step_{newest:08d}"
     res = ok(launch(tiny_data, run_dir, nproc=nproc, **{**EXACT, "checkpoint.interval": 2}))
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{newest:08d}'}" in res.stdout
@@ -181,11 +182,13 @@ def test_deepspeed_files_load_with_weights_only(tmp_path):
 
 
 def test_checkpoint_outside_the_directory_is_refused(tmp_path):
-    ckpt = Checkpointer(tmp_path / "ckpt", 2, dist=None)
+    ckpt = CheckpointDir(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
-        ckpt.load(engine=None, tag="../elsewhere/step_00000001")
+        ckpt.load(engine=None, tag="../elsewhere/step_00000001", dist=None)
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        ckpt.path("step_00000001/../../x")
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        ckpt.resolve_tag_path(tmp_path)
+        CheckpointDir.open(tmp_path)
 
 
 @pytest.mark.parametrize("saved_world,resumed_world", [(2, 1), (1, 2)])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pretrain import faults
 from pretrain.training.loop import SpikeDetector
 from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
 
@@ -23,7 +24,7 @@ def test_non_finite_update_is_skipped_on_all_ranks(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir)]
-    res = run_cli(cmd, env={"PRETRAIN_TEST_NAN_AT_STEPS": "3"})
+    res = run_cli(cmd, env=faults.arm({"train.nan_loss": [3]}))
     assert res.returncode == 0, res.stderr[-4000:]
     recs = records(run_dir)
     assert [r["step"] for r in recs] == list(range(1, 7))
@@ -40,7 +41,7 @@ def test_non_finite_update_is_skipped_on_all_ranks(tiny_data, tmp_path):
 def test_too_many_consecutive_skips_stop_the_run(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     ov = tiny_overrides(tiny_data, run_dir, **{"train.max_consecutive_skips": 2, "checkpoint.interval": 2})
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov], env={"PRETRAIN_TEST_NAN_AT_STEPS": "3,4,5"})
+    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov], env=faults.arm({"train.nan_loss": [3, 4, 5]}))
     assert res.returncode == 4, res.stderr[-3000:]
     assert "2 consecutive updates skipped as non-finite (steps 3..4); stopping, the last good checkpoint is kept" in res.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
@@ -49,18 +50,18 @@ def test_too_many_consecutive_skips_stop_the_run(tiny_data, tmp_path):
 def test_spike_detector():
     det = SpikeDetector(window=10, threshold=4.0)
     base = [3.0 + 0.01 * (i % 3) for i in range(10)]
-    assert all(det.z(x) is None for x in base)
-    z = det.z(3.5)
+    assert all(det.observe(x) is None for x in base)
+    z = det.observe(3.5)
     assert z is not None and z > 4.0
-    assert det.z(3.01) is None  # an ordinary loss afterwards is not a spike
-    assert SpikeDetector(window=0, threshold=1.0).z(100.0) is None  # off
+    assert det.observe(3.01) is None  # an ordinary loss afterwards is not a spike
+    assert SpikeDetector(window=0, threshold=1.0).observe(100.0) is None  # off
 
 
 @pytest.mark.distributed
 def test_loss_spike_is_detected_and_optionally_skipped(tiny_data, tmp_path):
     base = {"train.max_steps": 16, "train.spike_window": 10, "train.spike_threshold": 3.0, "schedule.name": "constant",
             "schedule.end_ratio": "null", "optimizer.lr": 0.01, "eval.interval": 0, "checkpoint.interval": 0}
-    env = {"PRETRAIN_TEST_NOISE_AT_STEPS": "14"}  # update 14 sees uniformly random tokens
+    env = faults.arm({"train.noise_tokens": [14]})  # update 14 sees uniformly random tokens
     seen = tmp_path / "seen"
     res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, seen, **base)], env=env)
     assert res.returncode == 0, res.stderr[-3000:]

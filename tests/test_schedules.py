@@ -10,7 +10,8 @@ import torch
 
 from pretrain.config import ConfigError, from_dict
 from pretrain.optim import OptimizerConfig
-from pretrain.schedules import SCHEDULES, ScheduleConfig, register_schedule, set_lr
+from pretrain.optim import set_lr
+from pretrain.schedules import SCHEDULES, ScheduleConfig, register_schedule
 
 
 def mults(name: str, total: int, warmup: int, **kw) -> list[float]:

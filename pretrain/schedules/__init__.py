@@ -407,10 +407,3 @@ class Schedule:
     def multipliers(self) -> list[float]:
         """The multiplier of every update of the run, in order."""
         return [self(s) for s in range(self.total_steps)]
-
-
-def set_lr(optimizer: Any, multiplier: float) -> None:
-    """Set every param group's LR to its own ``base_lr`` times ``multiplier``."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * multiplier
-

@@ -1,7 +1,7 @@
-"""Callbacks: evaluation, the dual view, logging and checkpointing, run after every update in that order.
+"""Callbacks: evaluation (training/evaluate.py), the dual view, logging and checkpointing, run after every update in that order.
 
 Each callback is built with its own settings and gets the loop's
-``TrainContext`` and the step's metrics dict; an earlier callback may add to
+``Trainer`` (engine, state, dist, seq_len) and the step's metrics dict; an earlier callback may add to
 the dict (evaluation adds ``val_loss``) for a later one to log.
 """
 
@@ -11,68 +11,30 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..distributed import all_reduce_sum
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpointer
-    from .loop import TrainContext
+    from ..checkpoint import CheckpointSaver
+    from ..trainer import Trainer
 
 
 class Callback:
-    def on_train_start(self, ctx: "TrainContext") -> None:
+    def on_train_start(self, ctx: "Trainer") -> None:
         pass
 
-    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
         pass
 
-    def on_train_end(self, ctx: "TrainContext") -> None:
+    def on_train_end(self, ctx: "Trainer") -> None:
         pass
 
 
 def _due(step: int, interval: int, max_steps: int) -> bool:
     return step >= max_steps or (interval > 0 and step % interval == 0)
-
-
-class EvalCallback(Callback):
-    """Validation loss over a fixed set of validation sequences, split over ranks.
-
-    The set is ``max_samples`` sequences spread evenly over the validation
-    split (so every source of per-source data is covered), the same at every
-    evaluation whatever the training position; rank r takes every world-th one.
-    """
-
-    def __init__(self, val_dataset, interval: int, max_samples: int, batch_size: int):
-        self.dataset = val_dataset
-        self.interval = interval
-        self.max_samples = max_samples
-        self.batch_size = batch_size
-
-    def _batches(self, ctx: "TrainContext"):
-        from ..data import collate_tokens
-
-        total = self.dataset.num_samples  # len() would be the per-rank share
-        n = min(self.max_samples, total)
-        chosen = [i * total // n for i in range(n)]
-        mine = chosen[ctx.dist.rank :: ctx.dist.world_size]
-        for i in range(0, len(mine), self.batch_size):
-            yield collate_tokens([self.dataset[j] for j in mine[i : i + self.batch_size]])
-
-    def evaluate(self, ctx: "TrainContext") -> float:
-        from .step import eval_loss
-
-        loss_sum, count = eval_loss(ctx.engine, self._batches(ctx), ctx.seq_len, ctx.dist.device)
-        loss_sum, count = all_reduce_sum([loss_sum, float(count)], ctx.dist.device)
-        return loss_sum / max(count, 1.0)
-
-    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
-        if _due(ctx.state.step, self.interval, ctx.state.max_steps):
-            t0 = time.perf_counter()
-            metrics["val_loss"] = self.evaluate(ctx)
-            metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
-            metrics["eval_time_s"] = time.perf_counter() - t0
 
 
 class DualCallback(Callback):
@@ -88,7 +50,7 @@ class DualCallback(Callback):
         self.interval = interval
         self.is_main = is_main
 
-    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
         step = ctx.state.step
         if self.is_main and _due(step, self.interval, ctx.state.max_steps):
             from ..schedules.dual import summarize
@@ -102,26 +64,31 @@ class CheckpointCallback(Callback):
     """Save every ``interval`` updates, at the permanent steps, when the time interval has
     passed or a stop was requested (preemption), and after the last update."""
 
-    def __init__(self, checkpointer: "Checkpointer", interval: int, data_loader=None, permanent=(), control=None):
+    def __init__(self, checkpointer: "CheckpointSaver", interval: int, data_loader=None, permanent=(), control=None):
         self.checkpointer = checkpointer
         self.interval = interval
         self.data_loader = data_loader
         self.permanent = set(permanent)
         self.control = control
 
-    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
         state = ctx.state
         permanent = state.step in self.permanent
         if permanent or state.stop or state.save_due or _due(state.step, self.interval, state.max_steps):
-            from .rng import capture_rng
+            from .state import capture
 
-            rank_state = {
-                "data": self.data_loader.state_dict() if self.data_loader is not None else None,
-                "rng": capture_rng(),
-            }
-            self.checkpointer.save(ctx.engine, state, rank_state, permanent=permanent)
+            self.checkpointer.save(ctx.engine, state, capture(self.data_loader), permanent=permanent)
             if self.control is not None:
                 self.control.saved()
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10  # console progress line every N updates
+    tensorboard: bool = True
+
+    def validate(self) -> list[tuple[str, str]]:
+        return [("interval", "an integer >= 1")] if self.interval < 1 else []
 
 
 class MetricsLogger(Callback):
@@ -137,7 +104,7 @@ class MetricsLogger(Callback):
         self.t_start = 0.0
         self.step_start = 0
 
-    def on_train_start(self, ctx: "TrainContext") -> None:
+    def on_train_start(self, ctx: "Trainer") -> None:
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +119,7 @@ class MetricsLogger(Callback):
         self.t_start = time.perf_counter()
         self.step_start = ctx.state.step
 
-    def on_step_end(self, ctx: "TrainContext", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
         if not self.is_main:
             return
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -175,7 +142,7 @@ class MetricsLogger(Callback):
                 line += f" | val_loss {metrics['val_loss']:.4f}"
             print(line, file=sys.stdout, flush=True)
 
-    def on_train_end(self, ctx: "TrainContext") -> None:
+    def on_train_end(self, ctx: "Trainer") -> None:
         if self.jsonl is not None:
             self.jsonl.close()
         if self.tb is not None:
@@ -234,9 +201,4 @@ def _truncate_after(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-
-
-__all__ = ["Callback", "EvalCallback", "DualCallback", "CheckpointCallback", "MetricsLogger", "read_metrics"]
+__all__ = ["Callback", "LoggingConfig", "DualCallback", "CheckpointCallback", "MetricsLogger"]

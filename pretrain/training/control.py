@@ -23,9 +23,15 @@ class RunControl:
         self.last_save = time.monotonic()
 
     def install(self) -> "RunControl":
-        for sig in SIGNALS:
-            signal.signal(sig, self._handle)
+        """Handle the signals from now on (kept through the process's exit: see Trainer.fit)."""
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         return self
+
+    def uninstall(self) -> None:
+        """Put back the handlers from before :meth:`install` (an in-process run that is over)."""
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum  # acted on after the current step; harmless if repeated

@@ -1,8 +1,13 @@
-"""The counters a run advances; checkpoints store these, never hyperparameters."""
+"""The counters a run advances, and the per-rank state a checkpoint holds, captured and restored here.
+
+A checkpoint stores counters (step, tokens), each rank's data-loader position and RNG states,
+never hyperparameters: the config of the launch that loads it wins.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 
 @dataclass
@@ -20,3 +25,23 @@ class TrainState:
 
     def to_dict(self) -> dict:
         return {"step": self.step, "tokens": self.tokens}
+
+
+def capture(loader) -> dict[str, Any]:
+    """This rank's state beside the counters: its data position and its RNG states."""
+    from .rng import capture_rng
+
+    return {"data": loader.state_dict() if loader is not None else None, "rng": capture_rng()}
+
+
+def restore(saved: dict[str, Any], state: TrainState, loader, restore_rng: bool = True,
+            load_data: bool = True) -> Optional[dict[str, Any]]:
+    """Put a checkpoint's per-rank state back (the inverse of :func:`capture` plus the counters)."""
+    from .rng import restore_rng as _restore_rng
+
+    state.step, state.tokens = saved["state"]["step"], saved["state"]["tokens"]
+    if load_data and saved.get("data") is not None and loader is not None:
+        loader.load_state_dict(saved["data"])
+    if restore_rng and saved.get("rng") is not None:
+        _restore_rng(saved["rng"])
+    return saved

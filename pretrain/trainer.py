@@ -1,0 +1,440 @@
+"""The Trainer owns one run: engine, data, checkpoints, run control, callbacks; ``fit()`` trains.
+
+Built from a resolved :class:`~pretrain.run_config.RunConfig`, its DeepSpeed dict and the
+process layout. Where a launch starts (fresh, resumed, branched) is decided by
+``pretrain.resume``; the per-rank state a checkpoint holds is captured and restored by
+``pretrain.training.state``. ``train()`` runs a whole run in the calling process (a world of
+one when no launcher is present), for experiments and tests that should not pay a launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .distributed import DistInfo, all_reduce_sum, barrier
+
+EXIT_CONFIG_ERROR = 2
+EXIT_CHECKPOINT_ERROR = 3
+EXIT_UNSTABLE = 4  # too many consecutive non-finite updates
+
+
+class TrainingUnstable(RuntimeError):
+    """Too many consecutive non-finite updates: stop, keeping the last good checkpoint."""
+
+
+def build_engine(model, optimizer_cfg, ds_config: dict, device: str, compile: bool = False):
+    """The DeepSpeed engine over ``model`` with our optimizer (its param groups, fused AdamW on CUDA)."""
+    import deepspeed
+
+    from .model.param_groups import param_groups
+
+    model = model.to(device)  # on the device first: fused AdamW needs its params there
+    groups = param_groups(model, optimizer_cfg.weight_decay, optimizer_cfg.embedding_weight_decay)
+    optimizer = optimizer_cfg.build(groups, fused=device.startswith("cuda"))
+    if compile:
+        model.compile()  # in place: the state dict keeps its names (checkpoints load either way)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+@dataclass
+class TrainResult:
+    code: int  # 0: max_steps reached; EXIT_INCOMPLETE: stopped early, saved
+    run_dir: Path
+    step: int
+    tokens: int
+    last: dict[str, Any] = field(default_factory=dict)  # the last metrics record (rank 0)
+    val_loss: Optional[float] = None  # the last validation loss
+
+
+class Trainer:
+    def __init__(self, cfg, ds_config: dict, dist: DistInfo, *, hardware=None, precision=None, threads=None,
+                 stop_after_steps: int = 0):
+        from .training.control import RunControl
+        from .training.state import TrainState
+
+        self.cfg, self.ds_config, self.dist = cfg, ds_config, dist
+        self.hardware, self.precision, self.threads = hardware, precision, threads
+        self.state = TrainState(max_steps=cfg.train.max_steps)
+        self.control = RunControl(cfg.checkpoint.interval_minutes, stop_after_steps)
+        self.engine = self.loader = self.val = self.saver = None
+        self.start = None  # pretrain.resume.StartPoint, or None for a fresh run
+        self.callbacks: list = []
+        self.peak_flops: Optional[float] = None
+        self.last: dict[str, Any] = {}
+
+    @property
+    def seq_len(self) -> int:
+        return self.cfg.seq_len
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.out_dir
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        import torch
+        import yaml
+
+        from .checkpoint import CheckpointSaver
+        from .hardware import detect, peak_flops
+        from .resume import check_compatible, find_start, prepare_world_size
+        from .run_config import ds_precision, plan_text
+
+        cfg, dist = self.cfg, self.dist
+        _quiet_deepspeed()
+        config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        hw = self.hardware or detect()
+        self.peak_flops, peak_why = peak_flops(hw, ds_precision(self.ds_config), torch.get_num_threads(),
+                                               cfg.train.peak_tflops)
+        out = self.run_dir
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(config_yaml)
+            print(plan_text(cfg, dist.world_size, self.precision, self.threads), flush=True)
+            print(f"  MFU against {self.peak_flops / 1e12:.3g} TFLOP/s per rank ({peak_why})" if self.peak_flops
+                  else f"  no MFU: {peak_why}", flush=True)
+            _write_hardware(out / "hardware.json", hw, self.precision, self.threads, self.peak_flops, peak_why)
+
+        # Where this launch starts, decided before DeepSpeed is set up (a universal checkpoint changes its config).
+        self.saver = CheckpointSaver(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash(), config_yaml)
+        start = find_start(cfg, dist)
+        if start is not None:
+            check_compatible(start, cfg)
+            start = prepare_world_size(start, self.saver.root, dist, self.ds_config)
+        self.start = start
+        if dist.is_main:
+            (out / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2))
+
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        self.engine = build_engine(cfg.model.build(), cfg.optimizer, self.ds_config, dist.device, cfg.train.compile)
+        torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs between ranks
+        self._setup_data()
+        if start is not None:
+            self._restore(start)
+        self.callbacks = self._callbacks()
+        return self
+
+    def _setup_data(self) -> None:
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
+        data = self.cfg.data.build()
+        if self.dist.local_rank == 0:
+            data.decompress_shards()  # once per node, safe when nodes share the data directory
+        barrier()
+        self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
+        self.val = data.build_val_dataset()
+
+    def _restore(self, start) -> None:
+        from .checkpoint import CheckpointDir
+        from .resume import write_lineage
+        from .training.state import restore
+
+        saved = CheckpointDir(start.root, self.cfg.checkpoint.verify).load(self.engine, start.tag, self.dist, start.load_dir)
+        restore(saved, self.state, self.loader, restore_rng=self.cfg.checkpoint.restore_rng)
+        if self.dist.is_main:
+            how = "branched from" if start.branch else "resumed from"
+            extra = f" (converted from {start.marker['world_size']} ranks)" if start.universal else ""
+            print(f"{how} {start.path} at step {self.state.step}{extra}", flush=True)
+            if start.branch:
+                write_lineage(start, self.cfg, self.run_dir)
+
+    def _callbacks(self) -> list:
+        from .schedules.dual import smoothing
+        from .training.callbacks import CheckpointCallback, DualCallback, MetricsLogger
+        from .training.evaluate import EvalCallback
+
+        cfg, dist = self.cfg, self.dist
+        alpha = None
+        if dist.is_main:
+            try:
+                alpha = smoothing(cfg.build_schedule().multipliers(), cfg.dual_alpha())
+            except ValueError as e:  # LR x weight decay >= 1: the dual view does not apply
+                print(f"warning: no dual-coefficient logging: {e}", flush=True)
+        permanent = cfg.checkpoint.permanent_steps(cfg.schedule, cfg.train.max_steps)
+        return [
+            EvalCallback(self.val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
+            DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
+            # Log before saving: every step up to a committed checkpoint has its record.
+            MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
+            CheckpointCallback(self.saver, cfg.checkpoint.interval, self.loader, permanent, self.control),
+        ]
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to ``train.max_steps``, or until a stop (a signal, --stop-after-steps), saving as configured."""
+        from .data import endless
+        from .training.control import EXIT_INCOMPLETE
+
+        if self.engine is None:
+            self.setup()
+        start_step = self.state.step
+        # The handlers stay installed after the loop: a launcher that sees one rank exit sends SIGTERM
+        # to the others, which must still finish their clean exit (and report the same exit code).
+        self.control.install()
+        self._loop(endless(self.loader))
+        state, dist = self.state, self.dist
+        val = next((r["val_loss"] for r in [self.last] if "val_loss" in r), None)
+        if not state.done:
+            if dist.is_main:
+                stop_after = self.control.stop_after_steps
+                if self.control.signal:
+                    why = f"signal {self.control.signal}"
+                elif stop_after and state.step - start_step >= stop_after:
+                    why = f"--stop-after-steps {stop_after}"
+                else:
+                    why = "a signal to another rank"
+                print(f"stopped at step {state.step} of {state.max_steps} ({why}); saved {self.saver.root}; "
+                      f"relaunch the same command to continue (exit code {EXIT_INCOMPLETE})", flush=True)
+            return TrainResult(EXIT_INCOMPLETE, self.run_dir, state.step, state.tokens, self.last, val)
+        if dist.is_main:
+            from .plot import plot_run
+
+            png = plot_run(self.run_dir)
+            print(f"done: {state.step} steps, {state.tokens:,} tokens; loss curve {png}", flush=True)
+        return TrainResult(0, self.run_dir, state.step, state.tokens, self.last, val)
+
+    def _loop(self, batches) -> None:
+        from . import faults
+        from .optim import set_lr
+        from .training.loop import SpikeDetector, memory_gb, param_norm
+        from .training.step import StepOutput, train_step
+
+        cfg, state, engine, dist = self.cfg, self.state, self.engine, self.dist
+        t = cfg.train
+        schedule = cfg.build_schedule()
+        tokens_per_step = t.global_batch_size * self.seq_len
+        flops_per_token = cfg.model.flops_per_token(self.seq_len)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        spikes = SpikeDetector(t.spike_window, t.spike_threshold)
+        first_step, consecutive_skips, skipped_total = state.step, 0, 0
+        last = time.perf_counter()
+        while not state.done:
+            multiplier = schedule(state.step)
+            lrs = set_lr(engine.optimizer, multiplier)
+            t0 = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(t.grad_accum)]
+            data_wait = time.perf_counter() - t0
+            if faults.step_hit("train.noise_tokens", state.step + 1):
+                import torch
+
+                micro_batches = [torch.randint_like(b, int(b.max()) + 1) for b in micro_batches]
+            spike = self._spike_precheck(micro_batches, spikes) if t.skip_spikes and spikes.ready else None
+            if spike is not None:  # skip the update: these batches are consumed, the weights are not touched
+                out = StepOutput(loss=spike[0], z_loss=0.0, grad_norm=float("nan"), skipped=True)
+            else:
+                out = train_step(engine, micro_batches, self.seq_len, dist.device, cfg.model.z_loss,
+                                 poison=faults.step_hit("train.nan_loss", state.step + 1))
+            state.step += 1
+            state.tokens += tokens_per_step
+            # One collective per step: the loss terms and every rank's stop/save flags.
+            flags = self.control.local_flags(state.step - first_step)
+            loss, z_loss, stop, save_due = all_reduce_sum([out.loss, out.z_loss, *flags], dist.device)
+            loss, z_loss = loss / dist.world_size, z_loss / dist.world_size
+            state.stop, state.save_due = stop > 0 and not state.done, save_due > 0
+            now = time.perf_counter()
+            step_time, last = now - last, now
+            tokens_per_s = tokens_per_step / step_time
+            metrics: dict[str, Any] = {
+                "step": state.step,
+                "loss": loss,
+                "lr": cfg.optimizer.lr * multiplier,  # the schedule's LR; each group scales it by its lr_mult
+                "lr_multiplier": multiplier,
+                "tokens": state.tokens,
+                "grad_norm": out.grad_norm,
+                **({"z_loss": z_loss} if cfg.model.z_loss else {}),
+                "step_time_s": step_time,
+                "data_wait_s": data_wait,
+                "tokens_per_s": tokens_per_s,
+                "samples_per_s": tokens_per_s / self.seq_len,
+                "tflops": flops_per_token * tokens_per_s / 1e12,
+                **{f"lr/{name}": lr for name, lr in lrs.items()},
+            }
+            if self.peak_flops:
+                metrics["mfu"] = flops_per_token * tokens_per_s / dist.world_size / self.peak_flops
+
+            # Stability guards. DeepSpeed skips an update whose gradients are not finite (the
+            # same decision on every rank: it follows from the all-reduced gradient norm).
+            if spike is not None:
+                skipped_total += 1
+                metrics.update(skipped=1, skipped_total=skipped_total, loss_spike_z=spike[1])
+                self._warn(f"step {state.step}: loss spike {loss:.4f} ({spike[1]:.1f} std above the last "
+                           f"{t.spike_window} updates); update skipped")
+            elif out.skipped or not math.isfinite(loss):
+                consecutive_skips += 1
+                skipped_total += 1
+                metrics.update(skipped=1, skipped_total=skipped_total)
+                self._warn(f"step {state.step}: non-finite loss or gradients ({loss}); update skipped "
+                           f"({consecutive_skips} in a row)")
+                if consecutive_skips >= t.max_consecutive_skips:
+                    raise TrainingUnstable(
+                        f"{consecutive_skips} consecutive updates skipped as non-finite (steps "
+                        f"{state.step - consecutive_skips + 1}..{state.step}); stopping, the last good checkpoint is kept"
+                    )
+            else:
+                consecutive_skips = 0
+                z = spikes.observe(loss)
+                if z is not None:
+                    metrics["loss_spike_z"] = z
+                    self._warn(f"step {state.step}: loss spike {loss:.4f} ({z:.1f} std above the last "
+                               f"{t.spike_window} updates)")
+            if state.step % cfg.logging.interval == 0 or state.done:
+                metrics["param_norm"] = param_norm(engine)
+                metrics["memory_gb"] = memory_gb(dist.device)
+
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+            self.last = metrics
+            if state.stop:
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+
+    def _spike_precheck(self, micro_batches, spikes) -> Optional[tuple[float, float]]:
+        """(loss, z) when this update's batches give a loss spike (an extra forward, same on all ranks)."""
+        from .training.step import eval_loss
+
+        loss_sum, count = eval_loss(self.engine, micro_batches, self.seq_len, self.dist.device)
+        loss_sum, count = all_reduce_sum([loss_sum, float(count)], self.dist.device)
+        loss = loss_sum / count
+        if not math.isfinite(loss):
+            return None  # left to the non-finite guard
+        z = spikes.zscore(loss)
+        return (loss, z) if z > spikes.threshold else None
+
+    def _warn(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"warning: {message}", flush=True)
+
+    # -- tear-down ---------------------------------------------------------------------------
+    def close(self, restore_signals: bool = False) -> None:
+        """Drop the engine and the loaders (their shared memory); the next run in this process starts clean."""
+        if restore_signals:
+            self.control.uninstall()
+        self.callbacks = []
+        self.engine = self.loader = self.val = None
+        gc.collect()
+
+
+def _write_hardware(path: Path, hw, precision, threads, peak, peak_why: str) -> None:
+    """What the run was given: precision and why, threads, the peak its MFU is against (for the report)."""
+    record = {
+        "device": hw.device,
+        "cpu": hw.describe_cpu(),
+        "gpu": hw.gpu_name or None,
+        "precision": precision.precision if precision else None,
+        "precision_reason": precision.reason if precision else None,
+        "threads_per_rank": threads.threads if threads else None,
+        "threads_reason": threads.reason if threads else None,
+        "peak_tflops_per_rank": peak / 1e12 if peak else None,
+        "peak_source": peak_why,
+    }
+    path.write_text(json.dumps(record, indent=1))
+
+
+def _quiet_deepspeed() -> None:
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+
+
+# -- running a launch ------------------------------------------------------------------------
+
+class LaunchError(RuntimeError):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def run_launch(cfg, ds_config: dict, *, stop_after_steps: int = 0, in_process: bool = False) -> TrainResult:
+    """One launch of a checked config on this process's rank: set up the process group, train, clean up.
+
+    Raises LaunchError with the exit code for a checkpoint that cannot be used (3) or an unstable
+    run (4).
+    """
+    import torch.distributed
+
+    from .checkpoint import CheckpointError
+    from .distributed import init_distributed, release_shared_memory, world_from_env
+    from .hardware import choose_precision, detect, plan_threads
+
+    hw = detect()
+    _, _, _, local_world = world_from_env()
+    threads = plan_threads(hw, local_world, cfg.data.num_workers)
+    precision = choose_precision(cfg.train.precision, hw)
+    dist = init_distributed(threads.threads)
+    trainer = Trainer(cfg, ds_config, dist, hardware=hw, precision=precision, threads=threads,
+                      stop_after_steps=stop_after_steps)
+    try:
+        try:
+            result = trainer.setup().fit()
+        except CheckpointError as e:
+            raise LaunchError(EXIT_CHECKPOINT_ERROR, str(e)) from None
+        except TrainingUnstable as e:
+            raise LaunchError(EXIT_UNSTABLE, str(e)) from None
+        barrier()
+        return result
+    finally:
+        trainer.close(restore_signals=in_process)
+        release_shared_memory(dist)
+        if torch.distributed.is_initialized():
+            import deepspeed.comm
+
+            deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups (the next run's are new)
+
+
+@contextlib.contextmanager
+def _world_of_one():
+    """A world of one in this process when no launcher set one up; the environment is restored afterwards."""
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        yield
+        return
+    from .distributed import _free_port
+
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def train(config: str | Path, overrides: Sequence[str] = (), *, stop_after_steps: int = 0) -> TrainResult:
+    """Run ``config`` with ``KEY=VALUE`` overrides in this process; return the run directory and final metrics.
+
+    Without a launcher this is a world of one; under ``torchrun``/``deepspeed`` every rank calls it.
+    Raises ConfigError for a bad config and LaunchError for a run that could not finish. Runs in a
+    row do not leak state: the process group, DeepSpeed's buffers, streaming's shared memory, the
+    torch thread count and the signal handlers are put back.
+    """
+    import torch
+
+    from .run_config import load_and_resolve
+    from .distributed import world_from_env
+
+    threads_before = torch.get_num_threads()
+    with _world_of_one():
+        _, world_size, _, _ = world_from_env()
+        cfg, ds_config = load_and_resolve(config, overrides, world_size)
+        try:
+            return run_launch(cfg, ds_config, stop_after_steps=stop_after_steps, in_process=True)
+        finally:
+            torch.set_num_threads(threads_before)
