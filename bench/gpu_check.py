@@ -148,7 +148,7 @@ class ModelSpec:
 
 def model_specs(cpu_smoke: bool = False, micro_batch: Optional[int] = None) -> list[ModelSpec]:
     """The throughput models: a ~1B GPT and a 4-layer Phi-3-mini (both: the tiny preset in the smoke run)."""
-    from pretrain.model.gpt import GPTConfig
+    from pretrain.model.config import GPTConfig
     from pretrain.model.presets import get_preset
 
     if cpu_smoke:
@@ -169,7 +169,7 @@ def model_specs(cpu_smoke: bool = False, micro_batch: Optional[int] = None) -> l
 
 def aux_spec(cpu_smoke: bool = False) -> ModelSpec:
     """The model of the compile and checkpoint checks: the 1B family at 150M (cheap to compile and save)."""
-    from pretrain.model.gpt import GPTConfig
+    from pretrain.model.config import GPTConfig
 
     if cpu_smoke:
         return model_specs(cpu_smoke=True)[0]

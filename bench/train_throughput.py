@@ -228,7 +228,7 @@ def main_setup(args) -> Setup:
 
 
 def minimal_setup(args) -> Setup:
-    from pretrain.model.gpt import GPTConfig
+    from pretrain.model.config import GPTConfig
 
     g = GPTConfig(vocab_size=args.min_vocab, d_model=args.min_d_model, n_layers=args.min_n_layers,
                   n_heads=args.min_n_heads, max_seq_len=args.min_seq_len)

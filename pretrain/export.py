@@ -46,7 +46,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from pretrain.model.gpt import GPT, GPTConfig
+from pretrain.model.config import GPTConfig
+from pretrain.model.gpt import GPT
 
 FORMATS = ("llama", "phi3")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM"}

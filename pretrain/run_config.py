@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
 from .checkpoint import CheckpointConfig
 from .data import DataConfig
-from .model.gpt import GPTConfig
+from .model.config import GPTConfig
 from .optim import OptimizerConfig
 from .schedules import ScheduleConfig
 from .training.callbacks import LoggingConfig

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.model import GPT, PRESETS, GPTConfig, get_preset, param_groups
 from pretrain.model import gpt as gpt_module
-from pretrain.model.mup import MuPConfig
-from pretrain.model.presets import register_preset
+from pretrain.model.config import GPTConfig, MuPConfig
+from pretrain.model.gpt import GPT
+from pretrain.model.param_groups import param_groups
+from pretrain.model.presets import PRESETS, get_preset, register_preset
 
 VOCAB = 97
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pretrain.export import hf_config, to_hf_state_dict, unsupported
-from pretrain.model import GPTConfig, get_preset
-from pretrain.model.mup import MuPConfig
+from pretrain.model.config import GPTConfig, MuPConfig
+from pretrain.model.presets import get_preset
 
 transformers = pytest.importorskip("transformers")
 

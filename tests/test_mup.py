@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from pretrain.model import GPTConfig, get_preset, param_groups
 from pretrain.model import coord_check as cc
-from pretrain.model.mup import MuPConfig
+from pretrain.model.config import GPTConfig, MuPConfig
+from pretrain.model.param_groups import param_groups
+from pretrain.model.presets import get_preset
 from pretrain.optim import OptimizerConfig
 
 VOCAB = 97

@@ -29,8 +29,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from pretrain.model.gpt import GPTConfig
-from pretrain.model.mup import D2Z_BASE_LR, MuPConfig
+from pretrain.model.config import D2Z_BASE_LR, GPTConfig, MuPConfig
 from pretrain.model.param_groups import param_groups
 
 PARAMETERIZATIONS = ("sp", "mup")

@@ -1,15 +1,16 @@
 """Decoder-only transformer (GPT / Llama family).
 
-One small, dependency-free file in the spirit of nanoGPT's ``model.py``:
-a typed config dataclass, then the modules in forward order.
+One small, dependency-free file in the spirit of nanoGPT's ``model.py``: the
+modules in forward order. The typed config dataclass, :class:`GPTConfig`, lives
+in :mod:`pretrain.model.config` (no torch there) and is re-exported here.
 
 * Weight initialization lives in :mod:`pretrain.model.init` (``GPT.__init__``
   only calls into it); optimizer groups live in :mod:`pretrain.model.param_groups`.
 * No DeepSpeed, no loss here: ``GPT.forward`` maps token ids to logits (the loss,
   with the optional z-loss, is :func:`pretrain.model.loss.lm_loss`).
 * muP lives beside this file (:mod:`pretrain.model.mup`). Here it is only a config
-  field and three generic forward-pass knobs (embedding multiplier, logit
-  multiplier, attention scale) that muP sets: see :meth:`GPTConfig.multipliers`.
+  field (``GPTConfig.mup``) and three generic forward-pass knobs (embedding multiplier,
+  logit multiplier, attention scale) that muP sets: see :meth:`GPTConfig.multipliers`.
 * Precision: the model runs in plain fp32, or with every parameter cast to bf16
   (what DeepSpeed's bf16 mode does). It registers **no buffers**: RoPE tables
   and the ALiBi bias are built in fp32 on the fly (and cached in plain dicts,
@@ -21,197 +22,15 @@ Dh head_dim, F ffn_dim, V vocab_size.
 """
 
 import math
-from dataclasses import dataclass, fields
-from typing import Literal, Optional, get_args, get_type_hints
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pretrain.model.config import GPTConfig, MuPConfig, check_buildable  # noqa: F401 (re-exported)
 from pretrain.model.init import init_weights
-from pretrain.model.mup import MuPConfig
-
-
-@dataclass
-class GPTConfig:
-    """Architecture hyper-parameters. Defaults describe a small model.
-
-    Only simple typed fields and one nested dataclass (``mup``): the run-config
-    loader validates YAML values against these type hints.
-    """
-
-    vocab_size: Optional[int] = None  # None = taken from the tokenizer (resolved before build)
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # GQA; None = n_heads (plain multi-head attention)
-    d_ff: Optional[int] = None  # MLP hidden size; None = see `ffn_dim`
-    max_seq_len: int = 256
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = 1e-5
-    pos: Literal["rope", "alibi"] = "rope"
-    rope_base: float = 10000.0
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE
-    tie_embeddings: bool = False  # lm_head.weight is tok_emb.weight
-    bias: bool = False  # biases in the Linear layers (norms never have a bias)
-    dropout: float = 0.0  # embedding, attention-probability and residual dropout
-    activation_checkpointing: bool = False  # recompute each block in backward (training only)
-    init_std: float = 0.02  # standard parameterization only (muP: mup.sigma_base)
-    # Forward-pass multipliers. muP sets them (see `multipliers`); leave them at their
-    # defaults when `mup` is set.
-    emb_mult: float = 1.0  # embedding output multiplier (muP: alpha_input)
-    logit_mult: float = 1.0  # output logit multiplier (muP: alpha_output / m)
-    attn_scale: Optional[float] = None  # attention score scale; None = 1/sqrt(head_dim) (muP: 1/head_dim)
-    z_loss: float = 0.0  # weight of PaLM's z-loss, z_loss * mean(logsumexp(logits)^2); pretrain.model.loss
-    mup: Optional[MuPConfig] = None  # None: standard parameterization; see pretrain.model.mup
-
-    # ---- derived sizes -------------------------------------------------------------
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def n_kv(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def ffn_dim(self) -> int:
-        """MLP hidden size: `d_ff` if set; else 4*d_model (gelu) or
-        int(8/3*d_model) rounded up to a multiple of 64 (swiglu, Llama convention,
-        keeps the parameter count ~ that of a 4x gelu MLP)."""
-        if self.d_ff is not None:
-            return self.d_ff
-        if self.mlp == "gelu":
-            return 4 * self.d_model
-        hidden = int(8 * self.d_model / 3)
-        return 64 * math.ceil(hidden / 64)
-
-    # ---- validation ----------------------------------------------------------------
-
-    def validate(self) -> list[tuple[str, str]]:
-        """Return ``[(field_name, what_was_expected), ...]``; empty when valid.
-
-        ``vocab_size=None`` is valid here (it is resolved from the tokenizer later);
-        :meth:`build` refuses it.
-        """
-        problems: list[tuple[str, str]] = []
-
-        def positive(name: str) -> bool:
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append((name, "> 0"))
-                return False
-            return True
-
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
-                     "max_seq_len", "norm_eps", "rope_base", "init_std", "emb_mult", "logit_mult", "attn_scale"):
-            positive(name)
-        if not self.z_loss >= 0.0:
-            problems.append(("z_loss", ">= 0"))
-        if self.mup is not None:
-            problems += [(f"mup.{name}", expected) for name, expected in self.mup.problems()]
-            for name, default, rule in (("emb_mult", 1.0, "mup.alpha_input"),
-                                        ("logit_mult", 1.0, "mup.alpha_output / width multiplier"),
-                                        ("attn_scale", None, "1 / head_dim")):
-                if getattr(self, name) != default:
-                    problems.append((name, f"{default} when mup is set (muP sets it from {rule})"))
-
-        hints = get_type_hints(type(self))
-        for f in fields(self):
-            choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
-            if choices and getattr(self, f.name) not in choices:
-                problems.append((f.name, "one of " + ", ".join(repr(c) for c in choices)))
-
-        if self.d_model > 0 and self.n_heads > 0:
-            if self.d_model % self.n_heads:
-                problems.append(("n_heads", f"a divisor of d_model={self.d_model}"))
-            elif self.pos == "rope" and self.head_dim % 2:
-                problems.append(("n_heads", f"such that head_dim = d_model/n_heads is even for "
-                                            f"pos='rope' (d_model={self.d_model} gives head_dim="
-                                            f"{self.head_dim})"))
-            if self.n_kv_heads is not None and self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
-                problems.append(("n_kv_heads", f"a divisor of n_heads={self.n_heads}"))
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(("dropout", "in [0, 1)"))
-        return problems
-
-    def multipliers(self) -> tuple[float, float, float]:
-        """``(emb_mult, logit_mult, attn_scale)`` in effect: muP's when ``mup`` is set
-        (:meth:`pretrain.model.mup.MuPConfig.multipliers`), else the fields, with
-        ``attn_scale=None`` meaning ``1/sqrt(head_dim)``."""
-        if self.mup is not None:
-            return self.mup.multipliers(self)
-        attn_scale = self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
-        return self.emb_mult, self.logit_mult, attn_scale
-
-    def build(self) -> "GPT":
-        """Validate, construct and initialize (call ``torch.manual_seed`` first for determinism)."""
-        return GPT(self)
-
-    # ---- analytic sizes ------------------------------------------------------------
-
-    def num_params(self, include_embeddings: bool = True) -> int:
-        """Exact trainable-parameter count of ``self.build()``, without allocating.
-
-        Tied weights count once. ``include_embeddings=False`` leaves out the token
-        embedding and the (untied) lm_head matrix.
-        """
-        D, Dh, H, K, F_, V = self.d_model, self.head_dim, self.n_heads, self.n_kv, self.ffn_dim, self.vocab_size
-        attn = D * H * Dh + 2 * D * K * Dh + H * Dh * D  # wq, wk, wv, wo
-        if self.bias:
-            attn += H * Dh + 2 * K * Dh + D
-        if self.qk_norm:
-            attn += 2 * Dh
-        n_mats = 3 if self.mlp == "swiglu" else 2
-        mlp = n_mats * D * F_
-        if self.bias:
-            mlp += (n_mats - 1) * F_ + D
-        per_layer = attn + mlp + 2 * D  # + the two pre-norm weights
-        total = self.n_layers * per_layer + D  # + final norm
-        if include_embeddings:
-            if V is None:
-                raise ValueError("GPTConfig.vocab_size is None: cannot count embedding parameters")
-            total += V * D * (1 if self.tie_embeddings else 2)
-        return total
-
-    def flops_per_token(self, seq_len: int, include_lm_head: bool = True) -> float:
-        """Training FLOPs (forward + backward) per token, PaLM appendix B::
-
-            6 * N + 12 * L * H * Q * T   (L layers, H heads, Q head_dim, T = seq_len)
-
-        where ``N`` counts the parameters that take part in a matmul per token: the
-        non-embedding parameters (``num_params(include_embeddings=False)``) plus,
-        by default, the lm_head projection ``vocab_size * d_model`` (a real matmul
-        whether tied or not; pass ``include_lm_head=False`` for the strict
-        non-embedding variant). The second term is the attention score/value
-        matmuls (QK^T and AV, not halved for causality). Use for MFU estimates.
-        """
-        n = self.num_params(include_embeddings=False)
-        if include_lm_head:
-            if self.vocab_size is None:
-                raise ValueError("GPTConfig.vocab_size is None: cannot count lm_head FLOPs")
-            n += self.vocab_size * self.d_model
-        return 6.0 * n + 12.0 * self.n_layers * self.n_heads * self.head_dim * seq_len
-
-
-def check_buildable(config: GPTConfig) -> None:
-    """Raise ValueError if ``config`` cannot be built (invalid or vocab_size unresolved)."""
-    if config.vocab_size is None:
-        raise ValueError("GPTConfig.vocab_size is None: it must be set (normally from the "
-                         "tokenizer's vocabulary size) before building the model")
-    problems = config.validate()
-    if problems:
-        lines = [f"  {name}: expected {expected}, got {_get_dotted(config, name)!r}" for name, expected in problems]
-        raise ValueError("invalid GPTConfig:\n" + "\n".join(lines))
-
-
-def _get_dotted(obj, name: str):
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 # ---- normalization -------------------------------------------------------------------

@@ -14,13 +14,12 @@ callback; with ``config.mup`` set the default callback is
 """
 
 import math
-from typing import TYPE_CHECKING, Callable, Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from pretrain.model.gpt import GPTConfig
+from pretrain.model.config import GPTConfig
 
 ParamKind = Literal["embedding", "lm_head", "residual_proj", "hidden", "norm", "bias"]
 

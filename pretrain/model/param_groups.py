@@ -18,7 +18,7 @@ from the hidden matrices (its own lr multiplier).
 
 Each group carries ``"lr_mult"``: 1.0 in the standard parameterization; with
 ``model.config.mup`` set, ``1/m`` for ``decay`` (hidden matrices, ``m`` the
-width multiplier) and 1.0 for the others (:meth:`pretrain.model.mup.MuPConfig.lr_mult`).
+width multiplier) and 1.0 for the others (:meth:`pretrain.model.config.MuPConfig.lr_mult`).
 ``OptimizerConfig.build`` sets each group's ``base_lr = lr * lr_mult`` and the
 schedule multiplies that. Extra keys ("name", "lr_mult") are preserved by torch optimizers.
 """

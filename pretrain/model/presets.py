@@ -25,8 +25,7 @@ Add one with::
 
 from typing import Callable
 
-from pretrain.model.gpt import GPTConfig
-from pretrain.model.mup import MuPConfig
+from pretrain.model.config import GPTConfig, MuPConfig
 
 PRESETS: dict[str, Callable[[], GPTConfig]] = {}
 
