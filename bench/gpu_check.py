@@ -210,7 +210,7 @@ def make_plan(args) -> Plan:
 def ds_config(precision: str, micro_batch: int, grad_clip: float = 1.0, optimizer_name: str = "adamw",
               path: Path = DS_JSON) -> dict:
     """ds_configs/zero2.json with the batch keys and the precision block, filled by pretrain.run_config's code."""
-    from pretrain.config import Problems, Sources
+    from pretrain.config_loader import Problems, Sources
     from pretrain.data import DataConfig
     from pretrain.hardware import PrecisionChoice
     from pretrain.optim import OptimizerConfig

@@ -181,7 +181,7 @@ def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[
              verify: bool = True) -> tuple[GPT, str, dict[str, Any]]:
     """``(model in fp32 eval mode, tag, run config dict)`` from a run's checkpoint."""
     from pretrain.checkpoint import CheckpointError
-    from pretrain.config import ConfigError
+    from pretrain.config_loader import ConfigError
     from pretrain.rundir import RunDir, RunDirError
 
     try:
@@ -254,7 +254,7 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
         raise ExportError(f"dtype {dtype!r}: expected float32 or bfloat16")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists (pass --overwrite to replace it)")
-    from pretrain.config import ConfigError
+    from pretrain.config_loader import ConfigError
     from pretrain.rundir import RunDir, RunDirError
 
     try:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .config import ConfigError
+from .config_loader import ConfigError
 from .distributed import world_from_env
 
 EXIT_CONFIG_ERROR = 2

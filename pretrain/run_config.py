@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
+from .config_loader import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
 from .checkpoint import CheckpointConfig
 from .data import DataConfig
 from .model.config import GPTConfig

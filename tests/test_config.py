@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain.config import ConfigError, Sources
+from pretrain.config_loader import ConfigError, Sources
 from pretrain.run_config import RunConfig, load_run_config, resolve
 from tests.conftest import ROOT, run_cli, tiny_overrides
 

@@ -119,7 +119,7 @@ def test_shipped_deepspeed_jsons_hold_no_precision():
 
 
 def test_json_that_enables_bf16_is_refused_where_auto_picks_fp32(tmp_path, tiny_data):
-    from pretrain.config import ConfigError
+    from pretrain.config_loader import ConfigError
 
     ds_path = tmp_path / "ds.json"
     ds_path.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))

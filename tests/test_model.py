@@ -106,7 +106,7 @@ def test_presets_registry():
     assert {"tiny", "demo"} <= set(PRESETS)
     a, b = get_preset("demo"), get_preset("demo")
     assert a == b and a is not b  # fresh instance every time
-    assert (a.d_model, a.n_layers, a.n_heads, a.max_seq_len) == (256, 4, 4, 256)
+    assert (a.d_model, a.n_layers, a.n_heads, a.max_seq_len) == (128, 4, 4, 256)
     assert get_preset("tiny").validate() == []
     with pytest.raises(KeyError, match="tiny"):
         get_preset("nope")

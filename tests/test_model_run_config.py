@@ -3,7 +3,7 @@ messages naming the values (pretrain.run_config.resolve and GPTConfig.validate).
 
 import pytest
 
-from pretrain.config import ConfigError, Sources
+from pretrain.config_loader import ConfigError, Sources
 from pretrain.run_config import load_run_config, resolve
 from tests.conftest import ROOT, tiny_overrides
 

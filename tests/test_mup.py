@@ -138,7 +138,7 @@ def test_mup_bad_config_refused(overrides, field, fragment):
 def test_mup_in_run_yaml_and_saved_config_roundtrip(tmp_path):
     import yaml
 
-    from pretrain.config import ConfigError, from_dict, to_dict
+    from pretrain.config_loader import ConfigError, from_dict, to_dict
     from pretrain.run_config import run_config_from_dict
 
     base = {"name": "t", "data": {"path": str(tmp_path)}, "train": {"max_steps": 1, "global_batch_size": 2, "micro_batch_size": 1}}

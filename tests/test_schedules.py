@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.config import ConfigError, from_dict
+from pretrain.config_loader import ConfigError, from_dict
 from pretrain.optim import OptimizerConfig
 from pretrain.optim import set_lr
 from pretrain.schedules import SCHEDULES, ScheduleConfig, register_schedule
@@ -186,7 +186,7 @@ def test_bad_schedule_values_are_named(data, needle):
         cfg = from_dict(ScheduleConfig, data, "run.yaml", prefix="schedule")
         problems = cfg.check_run(100)
         if problems:
-            from pretrain.config import Problems, Sources
+            from pretrain.config_loader import Problems, Sources
             from pretrain.run_config import _schedule_value
 
             p = Problems(Sources("run.yaml"))

@@ -173,3 +173,34 @@ def test_compile_matches_eager_loss_curve(tiny_data, tmp_path):
     assert all(0 < r["mfu"] < 1 for r in metrics(tmp_path / "compile-true"))
     tol = 2e-2 if hw["precision"] == "bf16" else 1e-3  # relative: kernels fuse and reorder sums differently
     assert curves["true"] == pytest.approx(curves["false"], rel=tol)
+
+
+def test_in_process_runs_back_to_back_match_separate_processes(tiny_data, tmp_path):
+    """`pretrain.train()` twice in one process: bitwise the losses of the same two runs as separate launches.
+
+    Nothing leaks between the runs: process group and DeepSpeed's cached groups, streaming's shared
+    memory, RNG, threads and signal handlers.
+    """
+    runs = {name: tiny_overrides(tiny_data, tmp_path / "sep" / name, **{"train.seed": seed, "model.dropout": 0.1})
+            for name, seed in (("a", 1), ("b", 2))}
+    for name, ov in runs.items():
+        check_run(run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov]), tmp_path / "sep" / name, 6)
+    script = (
+        "import json, signal, sys, torch\n"
+        "from pretrain import train\n"
+        "before = (torch.get_num_threads(), signal.getsignal(signal.SIGTERM))\n"
+        f"runs = {json.dumps({k: [o.replace(str(tmp_path / 'sep'), str(tmp_path / 'one')) for o in v] for k, v in runs.items()})}\n"
+        "out = {k: train(sys.argv[1], v) for k, v in runs.items()}\n"
+        "assert (torch.get_num_threads(), signal.getsignal(signal.SIGTERM)) == before\n"
+        "print(json.dumps({k: [r.code, str(r.run_dir), r.step, r.val_loss] for k, r in out.items()}))\n"
+    )
+    res = run_cli([sys.executable, "-c", script, DEMO])
+    assert res.returncode == 0, res.stderr[-4000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    for name in runs:
+        code, run_dir, step, val_loss = summary[name]
+        assert (code, run_dir, step) == (0, str(tmp_path / "one" / name), 6)
+        sep, one = metrics(tmp_path / "sep" / name), metrics(tmp_path / "one" / name)
+        assert [r["loss"] for r in one] == [r["loss"] for r in sep]  # bitwise
+        assert val_loss == one[-1]["val_loss"] == sep[-1]["val_loss"]
+    assert metrics(tmp_path / "one" / "a")[-1]["loss"] != metrics(tmp_path / "one" / "b")[-1]["loss"]

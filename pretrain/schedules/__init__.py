@@ -332,16 +332,15 @@ class ScheduleConfig:
 
     def _typecheck_params(self) -> list[tuple[str, str]]:
         """Convert params by the schedule function's type hints (ints, floats, lists, ...)."""
-        from ..config import Problems, Sources, _MISSING, _convert, _describe
+        from ..config_loader import convert
 
         hints = typing.get_type_hints(SCHEDULES[self.name].fn)
         problems = []
         for key, value in list(self.params.items()):
             if key in hints:
-                trial = Problems(Sources(""))
-                out = _convert(value, hints[key], key, trial)
-                if out is _MISSING or trial.items:
-                    problems.append((f"params.{key}", _describe(hints[key])))
+                out, expected = convert(value, hints[key], key)
+                if expected is not None:
+                    problems.append((f"params.{key}", expected))
                 else:
                     self.params[key] = out
         return problems

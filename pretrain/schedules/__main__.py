@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, Sources, from_dict
+from ..config_loader import ConfigError, Sources, from_dict
 from . import ScheduleConfig
 from .dual import coefficients, smoothing, summarize
 

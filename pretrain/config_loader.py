@@ -21,7 +21,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Union
+from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
 COMMAND_LINE = "command line"
 
@@ -214,6 +214,15 @@ def _get_dotted(obj: Any, name: str) -> Any:
     for part in name.split("."):
         obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
     return obj
+
+
+def convert(value: Any, tp: Any, key: str = "") -> tuple[Any, Optional[str]]:
+    """``value`` converted to type ``tp`` (as a config field of that type), and None; or (None, what was expected)."""
+    trial = Problems(Sources(""))
+    out = _convert(value, tp, key, trial)
+    if out is _MISSING or trial.items:
+        return None, _describe(tp)
+    return out, None
 
 
 def from_dict(cls: type, data: Mapping[str, Any], sources: Sources | str, prefix: str = "") -> Any:
