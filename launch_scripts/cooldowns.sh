@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# WSD cooldown branches of several lengths from one stable-phase checkpoint of a main run.
+# Cooldown branches of several lengths from one checkpoint of a main run (any schedule).
 #
 #   bash launch_scripts/cooldowns.sh CHECKPOINT "D1 D2 ..." [KEY=VALUE ...]
 #
 # CHECKPOINT is a complete checkpoint of the main run, e.g. runs/main/checkpoints/step_00010000.
-# Each branch starts from it with the main run's own config (saved in the checkpoint), a `wsd`
-# schedule that cools down over D updates (train.max_steps = step + D), and its own run directory
+# Each branch starts from it with the main run's own config (saved in the checkpoint), the `cooldown`
+# schedule: from the LR the main run had at that step (whatever its schedule: constant, cosine,
+# WSD stable phase, ...) down over D updates (train.max_steps = step + D), and its own run directory
 # <main run_dir>-cooldown<D>. The main run is only read. KEY=VALUE arguments apply to every branch
-# (e.g. schedule.params.shape=1-sqrt schedule.end_ratio=0.0).
+# (e.g. schedule.params.shape=1-sqrt schedule.end_ratio=0.1).
 #   NUM_RANKS  ranks per branch (default: the GPUs here, else 2 CPU ranks)
 #   DRY_RUN=1  print the commands only
 set -euo pipefail
@@ -36,8 +37,8 @@ for D in $LENGTHS; do
        --config "$CKPT/config.yaml" --branch-from "$CKPT"
        "run_dir=$RUN_DIR" "name=$(basename "$RUN_DIR")" "checkpoint.dir=null"
        "train.max_steps=$((STEP + D))" "train.max_tokens=null" "train.tokens_per_param=null"
-       "schedule.name=wsd" "schedule.end_ratio=0.0"
-       "schedule.params={decay_steps: $D, shape: linear}"
+       "schedule.name=cooldown" "schedule.warmup_steps=0" "schedule.end_ratio=null"
+       "schedule.params={decay_steps: $D, shape: linear, end_ratio: 0.0}"
        "checkpoint.permanent=[]" "checkpoint.permanent_every=0" "checkpoint.schedule_branch_points=false" "$@")
   echo "== cooldown of $D updates from step $STEP: $RUN_DIR"
   if [ -n "${DRY_RUN:-}" ]; then

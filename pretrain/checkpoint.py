@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -69,6 +70,7 @@ class CheckpointConfig:
     schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
     branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
     restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
+    load_data_state: bool = True  # continue the saved data order; false: a fresh order (a branch onto new data)
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -104,6 +106,10 @@ class CheckpointConfig:
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint file holds a pickled object other than weights: refused, never executed."""
 
 
 def tag_for(step: int) -> str:
@@ -147,7 +153,16 @@ def weights_only_loading() -> Iterator[None]:
     def safe_load(*args, **kwargs):
         kwargs["weights_only"] = True
         with torch.serialization.safe_globals(allowed):
-            return original(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            except pickle.UnpicklingError as e:
+                where = args[0] if args else kwargs.get("f", "?")
+                found = next((l.strip() for l in str(e).splitlines() if "Unsupported global" in l or "GLOBAL" in l),
+                             str(e).splitlines()[0] if str(e) else "an object that is not weights")
+                raise UnsafeCheckpoint(
+                    f"{where}: refused: it holds a pickled object that is not weights ({found}); nothing in it was "
+                    "executed. Do not load it with weights_only=False: that would run it"
+                ) from None
 
     torch.load = safe_load
     try:

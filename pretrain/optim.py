@@ -58,6 +58,37 @@ class OptimizerConfig:
             **({"fused": True} if fused else {}),
         )
 
+    def hyperparameters(self, group_name: str, lr_mult: float) -> dict[str, Any]:
+        """What this config sets on the param group ``group_name`` (everything but the live ``lr``)."""
+        from .model.param_groups import group_decays
+
+        decays = group_decays(self.weight_decay, self.embedding_weight_decay)
+        hp: dict[str, Any] = {"base_lr": self.lr * lr_mult, "weight_decay": decays.get(group_name, self.weight_decay)}
+        if self.name == "sgd":
+            hp.update(momentum=self.momentum, nesterov=self.nesterov)
+        else:
+            hp.update(betas=tuple(self.betas), eps=self.eps)
+        return hp
+
+    def apply(self, optimizer) -> list[str]:
+        """Give every param group this config's hyperparameters; return what differed (``group.key: old -> new``).
+
+        Called after a checkpoint is loaded: DeepSpeed restores the saved param groups (their base LR,
+        weight decay, betas, eps, ...) over the new config's, and the config must win. The optimizer's
+        moment state stays the checkpoint's.
+        """
+        changes = []
+        for i, group in enumerate(optimizer.param_groups):
+            name = group.get("name", str(i))
+            for key, value in self.hyperparameters(name, group.get("lr_mult", 1.0)).items():
+                old = group.get(key)
+                if key == "betas" and old is not None:
+                    old = tuple(old)
+                if old != value:
+                    changes.append(f"{name}.{key}: {old!r} -> {value!r}")
+                    group[key] = value
+        return changes
+
 
 def set_lr(optimizer: Any, multiplier: float) -> dict[str, float]:
     """Set every param group's LR to its own ``base_lr`` times ``multiplier``; return the LR set per group name."""

@@ -99,7 +99,7 @@ def check_compatible(start: StartPoint, cfg) -> None:
             f"{now['train']['global_batch_size']} changes the data order from the resume point on "
             "(mosaicml-streaming's deterministic resume needs the same global batch)"
         )
-    if start.step > cfg.train.max_steps:
+    if start.step > cfg.train.max_steps:  # equal: nothing to train, said by the Trainer
         raise CheckpointError(f"cannot start from {start.path}: its step {start.step} is past train.max_steps = {cfg.train.max_steps}")
 
 
@@ -147,8 +147,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def write_lineage(start: StartPoint, cfg, out_dir: Path) -> dict[str, Any]:
-    """Record where a branch came from: parent run, step, and what its config changed."""
+def write_lineage(start: StartPoint, cfg, out_dir: Path, applied: list[str] = (), data_state: str = "restored") -> dict[str, Any]:
+    """Record where a branch came from: parent run, step, what its config changed, and which of the
+    checkpoint's optimizer settings the config replaced (``applied``)."""
     from .checkpoint import atomic_write_text
 
     parent_cfg_path = start.path / "config.yaml"
@@ -162,6 +163,9 @@ def write_lineage(start: StartPoint, cfg, out_dir: Path) -> dict[str, Any]:
         "step": start.step,
         "tokens": start.marker.get("tokens"),
         "config_diff": diff,
+        "optimizer_applied_over_checkpoint": list(applied),
+        "data_state": data_state,  # restored: the parent's data order continues; fresh: a new seeded order
+        "data_changed": {k: v for k, v in diff.items() if k.startswith("data.")},
     }
     atomic_write_text(out_dir / "lineage.json", json.dumps(lineage, indent=1))
     return lineage

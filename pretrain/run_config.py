@@ -315,6 +315,8 @@ def resolve(
                              "checkpoint directory; a branch needs its own run_dir)")
         except CheckpointError as e:
             problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory ({e})")
+    if cfg.schedule.name == "cooldown" and c.branch_from is not None and not problems.items:
+        _fill_cooldown_start(cfg, Path(c.branch_from))
     late = [s for s in c.permanent if s > t.max_steps]
     if late:
         problems.add("checkpoint.permanent", c.permanent, f"steps within the run (<= train.max_steps = {t.max_steps}); {late} are not")
@@ -333,6 +335,26 @@ def resolve(
     ds_config = deepspeed_config(cfg, choice, problems)
     problems.raise_if_any()
     return cfg, ds_config
+
+
+def _fill_cooldown_start(cfg: RunConfig, branch_from: Path) -> None:
+    """A cooldown's null start_step / start_lr: the branch checkpoint's step and the parent's LR there."""
+    params = cfg.schedule.params
+    if params.get("start_step") is not None and params.get("start_lr") is not None:
+        return
+    import yaml
+
+    from .checkpoint import step_of
+
+    step = step_of(branch_from.name)
+    parent = run_config_from_dict(yaml.safe_load((branch_from / "config.yaml").read_text()), str(branch_from / "config.yaml"))
+    multiplier = parent.build_schedule()(step - 1) if step > 0 else 0.0  # what the parent's update `step` ran with
+    cfg.schedule = dataclasses.replace(cfg.schedule, params={**params})
+    cfg.schedule.params.setdefault("start_step", step)
+    if cfg.schedule.params.get("start_step") is None:
+        cfg.schedule.params["start_step"] = step
+    if cfg.schedule.params.get("start_lr") is None:
+        cfg.schedule.params["start_lr"] = parent.optimizer.lr * multiplier
 
 
 def deepspeed_config(cfg: RunConfig, choice, problems: Problems) -> dict[str, Any]:

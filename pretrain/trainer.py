@@ -134,19 +134,57 @@ class Trainer:
         self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
         self.val = data.build_val_dataset()
 
+    def _load(self, start) -> tuple[Any, dict[str, Any]]:
+        """Load ``start`` into the engine; a checkpoint refused as unsafe falls back to the previous sound one
+        of the run's own (a branch source has no fallback)."""
+        import dataclasses
+
+        from .checkpoint import CheckpointDir, UnsafeCheckpoint
+
+        ckpts = CheckpointDir(start.root, self.cfg.checkpoint.verify)
+        while True:
+            error, saved = None, None
+            try:
+                saved = ckpts.load(self.engine, start.tag, self.dist, start.load_dir)
+            except UnsafeCheckpoint as e:
+                error = e
+            # Every rank loads its own files: all fall back together if any one refused.
+            (refused,) = all_reduce_sum([float(error is not None)], self.dist.device)
+            if not refused:
+                return start, saved
+            if error is None:
+                error = UnsafeCheckpoint(f"{start.path}: another rank refused one of its files as unsafe")
+            older = [t for t in ckpts.complete_tags() if t < start.tag and not ckpts.verify(t)]
+            if start.branch or start.universal or not older:
+                raise error
+            if error is not None and "another rank" not in str(error) or self.dist.is_main:
+                print(f"warning: skipping checkpoint {start.path}: {error}", flush=True)
+            start = dataclasses.replace(start, tag=older[-1], marker=ckpts.marker(older[-1]))
+
     def _restore(self, start) -> None:
-        from .checkpoint import CheckpointDir
         from .resume import write_lineage
         from .training.state import restore
 
-        saved = CheckpointDir(start.root, self.cfg.checkpoint.verify).load(self.engine, start.tag, self.dist, start.load_dir)
-        restore(saved, self.state, self.loader, restore_rng=self.cfg.checkpoint.restore_rng)
+        start, saved = self._load(start)
+        self.start = start
+        load_data = self.cfg.checkpoint.load_data_state
+        restore(saved, self.state, self.loader, restore_rng=self.cfg.checkpoint.restore_rng, load_data=load_data)
+        # The checkpoint brought back its param groups' hyperparameters; the config wins.
+        changes = self.cfg.optimizer.apply(self.engine.optimizer)
         if self.dist.is_main:
             how = "branched from" if start.branch else "resumed from"
             extra = f" (converted from {start.marker['world_size']} ranks)" if start.universal else ""
             print(f"{how} {start.path} at step {self.state.step}{extra}", flush=True)
+            if changes:
+                print(f"the config's optimizer settings replace the checkpoint's: {'; '.join(changes)}", flush=True)
+            if not load_data:
+                print("the data order starts fresh (checkpoint.load_data_state=false)", flush=True)
             if start.branch:
-                write_lineage(start, self.cfg, self.run_dir)
+                write_lineage(start, self.cfg, self.run_dir, changes, data_state="restored" if load_data else "fresh")
+            elif changes:
+                record = {"step": self.state.step, "checkpoint": str(start.path), "optimizer_changes": changes}
+                with open(self.run_dir / "changes.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
 
     def _callbacks(self) -> list:
         from .schedules.dual import smoothing
@@ -178,6 +216,11 @@ class Trainer:
         if self.engine is None:
             self.setup()
         start_step = self.state.step
+        if self.state.done:  # e.g. a branch from step N with train.max_steps = N, or a finished run relaunched
+            if self.dist.is_main:
+                print(f"nothing to train: the run starts at step {self.state.step} and train.max_steps is "
+                      f"{self.state.max_steps}", flush=True)
+            return TrainResult(0, self.run_dir, self.state.step, self.state.tokens)
         # The handlers stay installed after the loop: a launcher that sees one rank exit sends SIGTERM
         # to the others, which must still finish their clean exit (and report the same exit code).
         self.control.install()

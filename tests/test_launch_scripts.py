@@ -37,7 +37,7 @@ def test_cooldowns_script_generates_runnable_branches(main_checkpoint):
         args = cmd[cmd.index("pretrain.py"):]
         check = run_cli([sys.executable, *args, "--dry-run"])
         assert check.returncode == 0, check.stderr
-        assert f"{2 + d} steps" in check.stdout and "schedule wsd" in check.stdout
+        assert f"{2 + d} steps" in check.stdout and "schedule cooldown" in check.stdout
 
 
 def test_cooldowns_script_refuses_a_non_checkpoint(tmp_path):

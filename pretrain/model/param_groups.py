@@ -37,14 +37,19 @@ _GROUP_OF_KIND = {
 }
 
 
-def param_groups(model: nn.Module, weight_decay: float, embedding_weight_decay: bool = False) -> list[dict]:
-    """Return optimizer param groups ``[{"name", "params", "weight_decay", "lr_mult"}, ...]``."""
-    decays = {
+def group_decays(weight_decay: float, embedding_weight_decay: bool = False) -> dict[str, float]:
+    """The weight decay of each param group, by group name."""
+    return {
         "decay": weight_decay,
         "no_decay": 0.0,
         "embed": weight_decay if embedding_weight_decay else 0.0,
         "lm_head": weight_decay,
     }
+
+
+def param_groups(model: nn.Module, weight_decay: float, embedding_weight_decay: bool = False) -> list[dict]:
+    """Return optimizer param groups ``[{"name", "params", "weight_decay", "lr_mult"}, ...]``."""
+    decays = group_decays(weight_decay, embedding_weight_decay)
     config = getattr(model, "config", None)
     mup = getattr(config, "mup", None)
     params: dict[str, list[nn.Parameter]] = {name: [] for name in decays}

@@ -231,6 +231,55 @@ def wsd(
     return _ratio(end_ratio, (t - start) / D, shape)
 
 
+def _check_cooldown(T: int, W: int, *, start_step: Optional[int] = None, start_lr: Optional[float] = None,
+                    decay_steps: Optional[int] = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
+    problems = []
+    if start_step is None or start_lr is None:
+        problems.append(("params.start_step", "the branch point and the parent's LR there (filled in from "
+                         "checkpoint.branch_from when null)"))
+        return problems
+    if not 0 <= start_step < T:
+        problems.append(("params.start_step", f"a step before train.max_steps = {T}"))
+    if not start_lr > 0:
+        problems.append(("params.start_lr", "an LR > 0"))
+    D = decay_steps if decay_steps is not None else T - start_step
+    if not 1 <= D <= T - start_step:
+        problems.append(("params.decay_steps", f"1 to train.max_steps - start_step = {T - start_step} updates"))
+    if shape not in ("linear", "cosine", "1-sqrt"):
+        problems.append(("params.shape", "one of 'linear', 'cosine', '1-sqrt'"))
+    return problems
+
+
+@register_schedule("cooldown", check=_check_cooldown)
+def cooldown(
+    t: int,
+    T: int,
+    W: int,
+    *,
+    start_step: Optional[int] = None,
+    start_lr: Optional[float] = None,
+    decay_steps: Optional[int] = None,
+    shape: Literal["linear", "cosine", "1-sqrt"] = "linear",
+    end_ratio: float = 0.0,
+    lr: float = 1.0,
+) -> float:
+    """A cooldown branched from any run: from the LR the parent ran its update ``start_step`` with
+    (``start_lr``, absolute), decay over D updates (``decay_steps``, default T - start_step) to
+    ``end_ratio`` x that LR: LR(t) = start_lr * ratio((t - start_step) / D) for t > start_step, with
+    the shapes of ``wsd``; constant at end_ratio x start_lr after D updates.
+
+    With ``checkpoint.branch_from`` set, null ``start_step`` and ``start_lr`` are filled in from the
+    checkpoint: its step, and the parent's own schedule at that step times the parent's peak LR,
+    whatever that schedule was (constant, cosine, linear, WSD stable phase, SkipLR). Use
+    ``warmup_steps: 0``.
+    """
+    if start_step is None or start_lr is None:
+        raise ValueError("cooldown needs start_step and start_lr (resolve fills them from checkpoint.branch_from)")
+    D = decay_steps if decay_steps is not None else T - start_step
+    p = min(max((t - start_step) / D, 0.0), 1.0)
+    return start_lr * _ratio(end_ratio, p, shape) / lr
+
+
 def _skip_switches(eta_after: Optional[float], k_s: Optional[int], switches: list) -> list[tuple[int, float]]:
     out = [(k_s, eta_after)] if k_s is not None else []
     return out + [(int(k), float(v)) for k, v in switches]

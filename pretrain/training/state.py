@@ -41,7 +41,22 @@ def restore(saved: dict[str, Any], state: TrainState, loader, restore_rng: bool 
 
     state.step, state.tokens = saved["state"]["step"], saved["state"]["tokens"]
     if load_data and saved.get("data") is not None and loader is not None:
+        problem = data_position_problem(saved["data"], loader.dataset.num_samples)
+        if problem:
+            from ..checkpoint import CheckpointError
+
+            raise CheckpointError(problem)
         loader.load_state_dict(saved["data"])
     if restore_rng and saved.get("rng") is not None:
         _restore_rng(saved["rng"])
     return saved
+
+
+def data_position_problem(position: dict[str, Any], num_samples: int) -> Optional[str]:
+    """Why a saved data position cannot be resumed in a dataset of ``num_samples``, or None."""
+    at = position.get("sample_in_epoch", 0)
+    if at > num_samples:
+        return (f"the checkpoint's data position (epoch {position.get('epoch')}, sample {at}) does not fit the "
+                f"training data ({num_samples} samples): it was saved on other data. To start a fresh, seeded order "
+                "on this data, set checkpoint.load_data_state=false")
+    return None
