@@ -112,6 +112,9 @@ class UnsafeCheckpoint(CheckpointError):
     """A checkpoint file holds a pickled object other than weights: refused, never executed."""
 
 
+WEIGHTS = "model.safetensors"  # a merged checkpoint's fp32 weights (pretrain.merge); no DeepSpeed files
+
+
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -259,6 +262,47 @@ class CheckpointDir:
             raise CheckpointError(f"no loadable checkpoint in {self.root}: all {len(tags)} complete ones are damaged (see warnings)")
         return None
 
+    def is_merged(self, tag: str) -> bool:
+        return "merged" in self.marker(tag)
+
+    def fp32_weights(self, tag: str) -> dict[str, Any]:
+        """The model's fp32 state dict at ``tag``: a merged checkpoint's weights, or every ZeRO partition
+        gathered (DeepSpeed's zero_to_fp32, loading with weights_only)."""
+        path = self.path(tag)
+        if self.is_merged(tag):
+            from safetensors.torch import load_file
+
+            return load_file(str(path / WEIGHTS))
+        import torch
+
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        # DeepSpeed's own loader would unpickle arbitrary objects; its progress chatter goes to stderr.
+        with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag=tag)
+        return {k.removeprefix("module."): v for k, v in sd.items()}
+
+    def model(self, tag: str, config):
+        """A GPT of ``config`` (the run's model config) holding ``tag``'s fp32 weights, in eval mode."""
+        import torch
+
+        from .model.gpt import GPT
+
+        sd = self.fp32_weights(tag)
+        with torch.device("meta"):
+            model = GPT(config)
+        if config.tie_embeddings:
+            sd.setdefault("lm_head.weight", sd.get("tok_emb.weight"))
+        missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {self.root / tag} does not fit the run's model config: "
+                                  f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        model.load_state_dict(sd, strict=True, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.tok_emb.weight
+        return model.float().eval()
+
     def check(self, tag: str) -> None:
         """CheckpointError unless ``tag``'s files match its manifest."""
         problems = self.verify(tag)
@@ -282,6 +326,11 @@ class CheckpointDir:
             )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {path}")
+        return self.rank_state(tag, dist)
+
+    def rank_state(self, tag: str, dist: DistInfo) -> dict[str, Any]:
+        """This rank's trainer state at ``tag`` (step, tokens, data position, RNG)."""
+        path = self.path(tag)
         rank_file = path / f"trainer_state_rank{dist.rank}.json"
         same_world = self.marker(tag)["world_size"] == dist.world_size
         if not same_world or not rank_file.is_file():
@@ -290,6 +339,22 @@ class CheckpointDir:
         if not same_world:
             saved.pop("rng", None)
         return saved
+
+
+def commit(path: Path, marker: dict[str, Any], pause=lambda phase: None) -> dict[str, Any]:
+    """Seal the files under ``path``: the manifest (size and sha256 of each), then the COMPLETE marker."""
+    files = {
+        str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
+    }
+    manifest_text = json.dumps({"files": files}, indent=1)
+    atomic_write_text(path / MANIFEST, manifest_text)
+    pause("manifest")
+    marker = {**marker, "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest()}
+    atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
+    pause("marker")
+    return marker
 
 
 class CheckpointSaver:
@@ -332,14 +397,6 @@ class CheckpointSaver:
         rank = self.dist.rank
         if self.config_yaml:
             atomic_write_text(path / "config.yaml", self.config_yaml)
-        files = {
-            str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
-        }
-        manifest_text = json.dumps({"files": files}, indent=1)
-        atomic_write_text(path / MANIFEST, manifest_text)
-        faults.pause("manifest", rank, self.root, state.step)
         marker = {
             "step": state.step,
             "tokens": state.tokens,
@@ -347,10 +404,8 @@ class CheckpointSaver:
             "config_hash": self.config_hash,
             "version": __version__,
             "permanent": permanent,
-            "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
         }
-        atomic_write_text(path / MARKER, json.dumps(marker, indent=1))
-        faults.pause("marker", rank, self.root, state.step)
+        commit(path, marker, lambda phase: faults.pause(phase, rank, self.root, state.step))
         atomic_write_text(self.root / POINTER, path.name + "\n")
         faults.pause("pointer", rank, self.root, state.step)
         self._prune(state.step)

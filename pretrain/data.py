@@ -247,6 +247,16 @@ class DataSource:
             generator=torch.Generator().manual_seed(seed),
         )
 
+    def build_val_datasets_per_source(self) -> dict[str, Any]:
+        """{source: its validation dataset} of per-source data; {} for single-layout data."""
+        from streaming import StreamingDataset
+
+        return {
+            name: StreamingDataset(local=str(self.local_root / d), remote=self._remote(d.as_posix()), shuffle=False,
+                                   batch_size=1, validate_hash="sha1" if self.cfg.validate_hash else None)
+            for name, d in self.sources(self.manifest(), "val").items()
+        }
+
     def build_val_dataset(self):
         from streaming import StreamingDataset
 

@@ -165,18 +165,6 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], config: GPTConfig, fmt: str) -
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 weights of ``root/tag``, gathered from every ZeRO partition by DeepSpeed."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from pretrain.checkpoint import weights_only_loading
-
-    with weights_only_loading():  # DeepSpeed's own loader would unpickle arbitrary objects
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
 def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[str] = None,
              verify: bool = True) -> tuple[GPT, str, dict[str, Any]]:
     """``(model in fp32 eval mode, tag, run config dict)`` from a run's checkpoint."""
@@ -191,23 +179,10 @@ def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[
         tag = ckpts.tag_of(tag)
         if verify:
             ckpts.check(tag)
+        model = ckpts.model(tag, config)
     except (RunDirError, ConfigError, CheckpointError) as e:
         raise ExportError(str(e)) from None
-    root = ckpts.root
-    sd = consolidated_state_dict(root, tag)
-    with torch.device("meta"):
-        model = GPT(config)
-    if config.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd.get("tok_emb.weight"))
-    missing = set(model.state_dict()) - set(sd)
-    unexpected = set(sd) - set(model.state_dict())
-    if missing or unexpected:
-        raise ExportError(f"checkpoint {root / tag} does not fit the run's model config: "
-                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    model.load_state_dict(sd, strict=True, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    return model.float().eval(), tag, run.config_dict
+    return model, tag, run.config_dict
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------

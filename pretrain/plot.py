@@ -30,9 +30,12 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None, baseline: Op
     records = read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no records")
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    records = [r for r in records if "loss" in r]  # the step-0 record holds validation only
+    if not records:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no training records")
     steps = [r["step"] for r in records]
     loss = [r["loss"] for r in records]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
 
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="train loss")

@@ -106,7 +106,7 @@ def check_compatible(start: StartPoint, cfg) -> None:
 def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_config: dict) -> StartPoint:
     """Convert a checkpoint saved by another world size to DeepSpeed's universal format."""
     saved_world = start.marker["world_size"]
-    if saved_world == dist.world_size:
+    if saved_world == dist.world_size or "merged" in start.marker:  # a merge holds no DeepSpeed files
         return start
     out_root = own_root / ".universal"
     out = out_root / start.tag

@@ -66,6 +66,8 @@ class Trainer:
         self.state = TrainState(max_steps=cfg.train.max_steps)
         self.control = RunControl(cfg.checkpoint.interval_minutes, stop_after_steps)
         self.engine = self.loader = self.val = self.saver = None
+        self.val_per_source: dict = {}
+        self.evaluator = self.logger = None
         self.start = None  # pretrain.resume.StartPoint, or None for a fresh run
         self.callbacks: list = []
         self.peak_flops: Optional[float] = None
@@ -115,7 +117,12 @@ class Trainer:
             (out / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2))
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        self.engine = build_engine(cfg.model.build(), cfg.optimizer, self.ds_config, dist.device, cfg.train.compile)
+        model = cfg.model.build()
+        if start is not None and "merged" in start.marker:  # merged weights, a fresh optimizer state
+            from .checkpoint import CheckpointDir
+
+            model.load_state_dict(CheckpointDir(start.root).model(start.tag, cfg.model).state_dict())
+        self.engine = build_engine(model, cfg.optimizer, self.ds_config, dist.device, cfg.train.compile)
         torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs between ranks
         self._setup_data()
         if start is not None:
@@ -133,6 +140,7 @@ class Trainer:
         barrier()
         self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
         self.val = data.build_val_dataset()
+        self.val_per_source = data.build_val_datasets_per_source() if self.cfg.eval.per_source else {}
 
     def _load(self, start) -> tuple[Any, dict[str, Any]]:
         """Load ``start`` into the engine; a checkpoint refused as unsafe falls back to the previous sound one
@@ -145,7 +153,10 @@ class Trainer:
         while True:
             error, saved = None, None
             try:
-                saved = ckpts.load(self.engine, start.tag, self.dist, start.load_dir)
+                if "merged" in start.marker:  # its weights went into the model before the engine was built
+                    saved = ckpts.rank_state(start.tag, self.dist)
+                else:
+                    saved = ckpts.load(self.engine, start.tag, self.dist, start.load_dir)
             except UnsafeCheckpoint as e:
                 error = e
             # Every rank loads its own files: all fall back together if any one refused.
@@ -199,11 +210,14 @@ class Trainer:
             except ValueError as e:  # LR x weight decay >= 1: the dual view does not apply
                 print(f"warning: no dual-coefficient logging: {e}", flush=True)
         permanent = cfg.checkpoint.permanent_steps(cfg.schedule, cfg.train.max_steps)
+        self.evaluator = EvalCallback(self.val, cfg.eval, cfg.train.micro_batch_size,
+                                      self.val_per_source if cfg.eval.per_source else None)
+        self.logger = MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main)
         return [
-            EvalCallback(self.val, cfg.eval.interval, cfg.eval.max_samples, cfg.train.micro_batch_size),
+            self.evaluator,
             DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
             # Log before saving: every step up to a committed checkpoint has its record.
-            MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main),
+            self.logger,
             CheckpointCallback(self.saver, cfg.checkpoint.interval, self.loader, permanent, self.control),
         ]
 
@@ -259,6 +273,8 @@ class Trainer:
         flops_per_token = cfg.model.flops_per_token(self.seq_len)
         for cb in self.callbacks:
             cb.on_train_start(self)
+        if state.step == 0 and cfg.eval.at_start:  # the initial weights' validation loss: a step-0 record
+            self.logger.on_step_end(self, {"step": 0, "tokens": 0, **self.evaluator.metrics(self)})
         spikes = SpikeDetector(t.spike_window, t.spike_threshold)
         first_step, consecutive_skips, skipped_total = state.step, 0, 0
         last = time.perf_counter()
@@ -365,7 +381,9 @@ class Trainer:
         if restore_signals:
             self.control.uninstall()
         self.callbacks = []
+        self.evaluator = self.logger = None
         self.engine = self.loader = self.val = None
+        self.val_per_source = {}
         gc.collect()
 
 

@@ -39,7 +39,7 @@ def launch(tiny_data, run_dir: Path, nproc: int = 2, extra_args=(), env=None, **
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["step"]}
 
 
 def ok(res, code=0):
@@ -175,7 +175,7 @@ def test_deepspeed_files_load_with_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": torch.zeros(1), "y": Evil()}, path)
     with weights_only_loading():
-        with pytest.raises(Exception, match="Weights only load failed"):
+        with pytest.raises(CheckpointError, match="refused: it holds a pickled object that is not weights"):
             torch.load(path, weights_only=False)  # DeepSpeed asks for False; it gets True
     assert not (tmp_path / "pwned").exists()
     assert torch.load is not None and torch.load.__name__ == "load"  # restored after the block

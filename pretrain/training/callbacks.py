@@ -129,6 +129,9 @@ class MetricsLogger(Callback):
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(_tb_name(key), value, step)
+        if "loss" not in metrics:  # the step-0 record: validation of the initial weights only
+            print(f"step 0/{ctx.state.max_steps} | val_loss {metrics['val_loss']:.4f} (initial weights)", flush=True)
+            return
         if step % self.interval == 0 or "val_loss" in metrics or step == ctx.state.max_steps:
             elapsed = time.perf_counter() - self.t_start
             done = step - self.step_start
@@ -175,6 +178,8 @@ _TB_GROUPS = {
 
 
 def _tb_name(key: str) -> str:
+    if key.startswith("val_loss/"):
+        return "val/loss_" + key.split("/", 1)[1]
     return _TB_GROUPS.get(key, key)
 
 

@@ -1,12 +1,12 @@
 """Validation loss over a fixed set of validation sequences, split over ranks: its config, the
-function, and the callback that runs it during training."""
+function (used in training and by ``python -m pretrain.evaluate``), and the training callback."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..distributed import all_reduce_sum
 from .callbacks import Callback, _due
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class EvalConfig:
     interval: int = 100  # validate every N updates (and always after the last); 0: only at the end
     max_samples: int = 256  # validation sequences (over all ranks), the same fixed ones every time
+    at_start: bool = True  # also validate the initial weights (a step-0 record) in a fresh run
+    per_source: bool = True  # per-source data: also the loss of each source (val_loss/<source>)
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -29,40 +31,49 @@ class EvalConfig:
         return problems
 
 
+def fixed_indices(total: int, max_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """``max_samples`` sample indices spread evenly over ``total`` (every source of per-source data is
+    covered), the same at every evaluation; rank r takes every world-th one."""
+    n = min(max_samples, total)
+    return [i * total // n for i in range(n)][rank::world_size]
+
+
+def validation_loss(model, dataset, seq_len: int, max_samples: int, batch_size: int, device: str,
+                    rank: int = 0, world_size: int = 1) -> float:
+    """Mean token cross-entropy of ``model`` (a DeepSpeed engine or a plain module) over the fixed set."""
+    from ..data import collate_tokens
+    from .step import eval_loss
+
+    mine = fixed_indices(dataset.num_samples, max_samples, rank, world_size)  # len() would be the per-rank share
+    batches = (collate_tokens([dataset[j] for j in mine[i:i + batch_size]]) for i in range(0, len(mine), batch_size))
+    loss_sum, count = eval_loss(model, batches, seq_len, device)
+    loss_sum, count = all_reduce_sum([loss_sum, float(count)], device)
+    return loss_sum / max(count, 1.0)
+
+
 class EvalCallback(Callback):
-    """Validation loss over a fixed set of validation sequences, split over ranks.
+    """Validation loss every ``interval`` updates and after the last (``val_loss``, ``val_ppl``), and per source
+    (``val_loss/<source>``) when ``per_source`` holds a validation dataset per source."""
 
-    The set is ``max_samples`` sequences spread evenly over the validation
-    split (so every source of per-source data is covered), the same at every
-    evaluation whatever the training position; rank r takes every world-th one.
-    """
-
-    def __init__(self, val_dataset, interval: int, max_samples: int, batch_size: int):
+    def __init__(self, val_dataset, cfg: EvalConfig, batch_size: int, per_source: Optional[dict] = None):
         self.dataset = val_dataset
-        self.interval = interval
-        self.max_samples = max_samples
+        self.cfg = cfg
         self.batch_size = batch_size
+        self.per_source = per_source or {}
 
-    def _batches(self, ctx: "Trainer"):
-        from ..data import collate_tokens
-
-        total = self.dataset.num_samples  # len() would be the per-rank share
-        n = min(self.max_samples, total)
-        chosen = [i * total // n for i in range(n)]
-        mine = chosen[ctx.dist.rank :: ctx.dist.world_size]
-        for i in range(0, len(mine), self.batch_size):
-            yield collate_tokens([self.dataset[j] for j in mine[i : i + self.batch_size]])
-
-    def evaluate(self, ctx: "Trainer") -> float:
-        from .step import eval_loss
-
-        loss_sum, count = eval_loss(ctx.engine, self._batches(ctx), ctx.seq_len, ctx.dist.device)
-        loss_sum, count = all_reduce_sum([loss_sum, float(count)], ctx.dist.device)
-        return loss_sum / max(count, 1.0)
+    def metrics(self, ctx: "Trainer") -> dict[str, float]:
+        t0 = time.perf_counter()
+        d = ctx.dist
+        loss = validation_loss(ctx.engine, self.dataset, ctx.seq_len, self.cfg.max_samples, self.batch_size, d.device,
+                               d.rank, d.world_size)
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        share = max(1, self.cfg.max_samples // max(1, len(self.per_source)))
+        for name, ds in self.per_source.items():
+            out[f"val_loss/{name}"] = validation_loss(ctx.engine, ds, ctx.seq_len, share, self.batch_size, d.device,
+                                                      d.rank, d.world_size)
+        out["eval_time_s"] = time.perf_counter() - t0
+        return out
 
     def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
-        if _due(ctx.state.step, self.interval, ctx.state.max_steps):
-            t0 = time.perf_counter()
-            metrics["val_loss"] = self.evaluate(ctx)
-            metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
-            metrics["eval_time_s"] = time.perf_counter() - t0
+        if _due(ctx.state.step, self.cfg.interval, ctx.state.max_steps):
+            metrics.update(self.metrics(ctx))

@@ -51,9 +51,10 @@ def train_step(
 
 @torch.no_grad()
 def eval_loss(engine, batches, seq_len: int, device: str) -> tuple[float, int]:
-    """(sum of token losses, number of tokens) over ``batches`` on this rank."""
-    was_training = engine.module.training
-    engine.module.eval()
+    """(sum of token losses, number of tokens) over ``batches`` on this rank (``engine``: DeepSpeed's, or a module)."""
+    module = getattr(engine, "module", engine)
+    was_training = module.training
+    module.eval()
     loss_sum, count = 0.0, 0
     for tokens in batches:
         inputs, targets = split_batch(tokens.to(device), seq_len)
@@ -62,5 +63,5 @@ def eval_loss(engine, batches, seq_len: int, device: str) -> tuple[float, int]:
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
         ).item()
         count += targets.numel()
-    engine.module.train(was_training)
+    module.train(was_training)
     return loss_sum, count
