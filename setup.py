@@ -29,8 +29,11 @@ setup(
         "tensorboard",
         "matplotlib",
         "tqdm",
+        "psutil",  # pretrain.training.loop: CPU memory (RSS) in the training log
+        "safetensors>=0.4",  # pretrain.export writes model.safetensors
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # the tests load exported checkpoints with transformers and read them with safetensors
+    extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4"]},
     entry_points={
         "console_scripts": [
             "pretrain=pretrain.main:main",

@@ -35,7 +35,7 @@ Manifest fields (format ``mds-packed-tokens``, version 1)::
     inputs                 [{"path": absolute path, "bytes": size}] in processing order;
                            input_bytes (their sum), text_bytes (UTF-8 text of valid documents)
     val_fraction           fraction of documents routed to "val" by a stable text hash
-    split_hash             how the split is decided (see ``data_prep.pipeline.split_of``)
+    split_hash             how the split is decided (see ``data_prep.split.split_of``)
     packing                how samples are cut (per work unit; see ``data_prep.units``)
     text_field, source_field, compression, shard_size_limit, unit_size, units
     wall_time_s, tokens_per_s  this run: reading, tokenizing and writing (start-up excluded)

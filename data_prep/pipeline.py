@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from pretrain import faults
+
 from .errors import DataPrepError
-from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file, unit_hash
+from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 from .manifest import FORMAT, MANIFEST_NAME, SPLITS, VERSION, identity, identity_diff, read_manifest
 from .pack import token_dtype
 from .readers import DEFAULT_SOURCE_FIELD, SkipLog, resolve_inputs
+from .split import SPLIT_HASH
 from .tokenizer import load_tokenizer, resolve_eos
 from .units import Unit, auto_unit_size, default_workers, plan_to_json, plan_units
 from .writer import (
@@ -52,14 +55,12 @@ from .writer import (
 
 log = logging.getLogger(__name__)
 
-SPLIT_HASH = "blake2b(utf8(text), digest_size=8) as big-endian uint64 / 2**64 < val_fraction -> val"
 PACKING = ("per unit: each split's (and with per-source, each source's) documents, each followed by "
            "EOS, concatenated in input order and cut into rows of sample_len; the last partial row "
            "of every unit is dropped (dropped_tail_tokens)")
 COMPRESSIONS = ("zstd", "none")
 LAYOUTS = ("single", "per-source")
 MIN_UNIT_SIZE = 4096
-TEST_HOOKS_ENV = "DATA_PREP_TEST_HOOKS"  # test-only: JSON {"pause_s": s, "fail_unit": k}
 RUN_FIELDS = ("wall_time_s", "tokens_per_s", "run")  # differ between runs of the same dataset
 
 
@@ -81,12 +82,6 @@ class TokenizeConfig:
     eos_piece: Optional[str] = None
     overwrite: bool = False
     progress: bool = True
-    hooks: Optional[dict] = None  # test-only; default: from $DATA_PREP_TEST_HOOKS
-
-
-def split_of(text_utf8: bytes, val_fraction: float) -> str:
-    """'val' or 'train' for a document, from its UTF-8 bytes only (see ``SPLIT_HASH``)."""
-    return "val" if unit_hash(text_utf8) < val_fraction else "train"
 
 
 def _validate(cfg: TokenizeConfig) -> None:
@@ -268,7 +263,7 @@ def _run(cfg, out_dir: Path, work: WorkArea, units: list[Unit], manifest: dict[s
         work.clear_unit(u.index, width, cfg.per_source)
     if done:
         log.info("resuming: %d of %d units already done, %d to do", len(done), len(units), len(pending))
-    hooks = cfg.hooks if cfg.hooks is not None else json.loads(os.environ.get(TEST_HOOKS_ENV, "{}") or "{}")
+    hooks = faults.get("data_prep.units", {})  # test-only fault injection (see pretrain.faults)
     wcfg = WorkerConfig(
         out_dir=str(out_dir),
         tokenizer=str(tok_path),

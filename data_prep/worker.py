@@ -15,7 +15,6 @@ a worker is killed right after): ``("ready", wid, pid)``, ``("start", wid, unit)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -24,7 +23,6 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +30,9 @@ import numpy as np
 
 from .errors import DataPrepError
 from .manifest import SPLITS
+from .pack import FLUSH_TOKENS, Packer
 from .readers import BadRecord, ByteCounter, Document, read_piece
+from .split import split_of
 from .units import Unit
 from .writer import PartWriter, WorkArea, part_name, source_dirname, write_marker
 
@@ -56,12 +56,13 @@ class WorkerConfig:
     shard_size_limit: int
     part_width: int
     strict: bool = False
-    flush_tokens: int = 1 << 18  # pack + hand samples to the writer every this many tokens
+    flush_tokens: int = FLUSH_TOKENS  # pack + hand samples to the writer every this many tokens
     parent_pid: int = 0
     parent_start: Optional[int] = None
-    # test-only: {"pause_s": sleep after each record and before each done marker,
-    #             "fail_unit": raise in that unit once it has written shards,
-    #             "kill_unit": SIGKILL the worker in that unit, "flush_tokens": n}
+    # test-only, from the fault point ``data_prep.units`` (``pretrain.faults``):
+    #   {"pause_s": sleep after each record and before each done marker,
+    #    "fail_unit": raise in that unit once it has written shards,
+    #    "kill_unit": SIGKILL the worker in that unit, "flush_tokens": n}
     hooks: dict = field(default_factory=dict)
 
 
@@ -116,39 +117,6 @@ def _die_with_parent(parent_pid: int, parent_start: Optional[int]) -> None:
     threading.Thread(target=watch, name="data_prep-watchdog", daemon=True).start()
 
 
-class _Packer:
-    """Packs one (split, source) stream of a unit into rows of ``sample_len`` tokens."""
-
-    __slots__ = ("writer", "dtype", "sample_len", "lists", "n_new", "head", "documents", "tokens", "samples")
-
-    def __init__(self, writer: PartWriter, dtype: np.dtype, sample_len: int) -> None:
-        self.writer = writer
-        self.dtype = dtype
-        self.sample_len = sample_len
-        self.lists: list[list[int]] = []
-        self.n_new = 0
-        self.head = np.empty(0, dtype)
-        self.documents = self.tokens = self.samples = 0
-
-    def flush(self) -> None:
-        if self.n_new:
-            body = np.fromiter(chain.from_iterable(self.lists), dtype=self.dtype, count=self.n_new)
-            buf = np.concatenate((self.head, body)) if self.head.size else body
-            self.lists, self.n_new = [], 0
-        else:
-            buf = self.head
-        k = len(buf) // self.sample_len
-        if k:
-            self.writer.write_rows(buf[: k * self.sample_len].reshape(k, self.sample_len))
-            self.samples += k
-            buf = buf[k * self.sample_len:].copy()
-        self.head = buf
-
-    @property
-    def dropped_tail_tokens(self) -> int:
-        return int(self.head.size) + self.n_new
-
-
 class UnitJob:
     def __init__(self, cfg: WorkerConfig, sp, unit: Unit, send=None) -> None:
         self.cfg = cfg
@@ -170,7 +138,7 @@ class UnitJob:
         work.done.mkdir(parents=True, exist_ok=True)
         work.skipped.mkdir(parents=True, exist_ok=True)
         compression = cfg.compression
-        packers: dict[tuple[str, Optional[str]], _Packer] = {}
+        packers: dict[tuple[str, Optional[str]], Packer] = {}
         by_source: dict[tuple[str, str], list[int]] = {}  # (split, source) -> [docs, tokens, bytes]
         skipped: Counter[str] = Counter()
         examples: list[list[Any]] = []
@@ -178,11 +146,8 @@ class UnitJob:
         skip_tmp = work.skipped_log(unit.index).with_suffix(".jsonl.tmp")
         skip_f = None
         encode = self.sp.encode
-        eos = cfg.eos_id
         vf = cfg.val_fraction
         per_source = cfg.per_source
-        flush_tokens = cfg.flush_tokens
-        blake2b = hashlib.blake2b
         pause = float(cfg.hooks.get("pause_s", 0) or 0)
         fail_unit = cfg.hooks.get("fail_unit")
         kill_unit = cfg.hooks.get("kill_unit")
@@ -198,11 +163,7 @@ class UnitJob:
                 for rec in read_piece(piece, cfg.text_field, cfg.source_field, counter):
                     if type(rec) is Document:
                         data = rec.utf8
-                        h = int.from_bytes(blake2b(data, digest_size=8).digest(), "big") / 2.0**64
-                        split = "val" if h < vf else "train"
-                        ids = encode(rec.text)
-                        ids.append(eos)
-                        n = len(ids)
+                        split = split_of(data, vf)
                         key = (split, rec.source if per_source else None)
                         p = packers.get(key)
                         if p is None:
@@ -215,13 +176,8 @@ class UnitJob:
                             w = PartWriter(self._writer_dir(*key), cfg.sample_len, cfg.dtype, compression,
                                            cfg.shard_size_limit)
                             writers.append(w)
-                            p = packers[key] = _Packer(w, self.dtype, cfg.sample_len)
-                        p.lists.append(ids)
-                        p.n_new += n
-                        p.documents += 1
-                        p.tokens += n
-                        if p.n_new >= flush_tokens:
-                            p.flush()
+                            p = packers[key] = Packer(w, self.dtype, cfg.sample_len, cfg.eos_id, cfg.flush_tokens)
+                        n = p.add(encode(rec.text))
                         s = by_source.get((split, rec.source))
                         if s is None:
                             s = by_source[(split, rec.source)] = [0, 0, 0]

@@ -2,7 +2,8 @@
 
 Real libraries (sentencepiece, mosaicml-streaming, zstandard, pyarrow) on tiny real data.
 Expectations are computed independently of the implementation where possible (own JSONL
-reading, the split rule re-implemented from the manifest contract, own EOS packing).
+reading, own EOS packing); the split rule is the one ``data_prep.split.split_of`` the workers
+use, pinned to the manifest contract by known hash values (``test_split_rule_is_the_contract``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import zstandard
 
 from data_prep.__main__ import main
 from data_prep.errors import DataPrepError
+from data_prep.split import split_of
+from pretrain import faults
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN = 64
@@ -70,12 +73,6 @@ def dataset_snapshot(d: Path) -> dict:
     m = json.loads((d / "manifest.json").read_text())
     snap["manifest.json"] = {k: v for k, v in m.items() if k not in RUN_FIELDS}
     return snap
-
-
-def contract_split(text: str, val_fraction: float) -> str:
-    """The split rule documented in the manifest ("split_hash"), re-implemented here."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-    return "val" if h / 2**64 < val_fraction else "train"
 
 
 def load_sp(path: Path):
@@ -266,7 +263,7 @@ def test_data_round_trip(dataset, corpus_files, extra_inputs, tok):
 
     by_split = {"train": [], "val": []}
     for d in docs:
-        by_split[contract_split(d, VAL_FRACTION)].append(d)
+        by_split[split_of(d, VAL_FRACTION)].append(d)
     assert by_split["val"] and by_split["train"]
 
     seen_docs = []
@@ -419,7 +416,7 @@ def test_failed_run_leaves_previous_dataset_intact(tmp_path, tok, monkeypatch, c
     snapshot = dataset_snapshot(out)
 
     # a worker fails mid-unit (e.g. disk full), after it has written shards of its part
-    monkeypatch.setenv("DATA_PREP_TEST_HOOKS", json.dumps({"fail_unit": 0, "flush_tokens": 64}))
+    monkeypatch.setenv(faults.ENV, faults.arm({"data_prep.units": {"fail_unit": 0, "flush_tokens": 64}})[faults.ENV])
     with caplog.at_level(logging.ERROR, logger="data_prep"):
         assert main(tokenize_args([inp], out, tok, 16, "--overwrite", "--shard-size-limit", "1k")) == 2
     assert "simulated failure in unit 0" in caplog.text  # the worker's traceback is logged
@@ -430,7 +427,7 @@ def test_failed_run_leaves_previous_dataset_intact(tmp_path, tok, monkeypatch, c
     fresh = tmp_path / "fresh"
     assert main(tokenize_args([inp], fresh, tok, 8)) == 2
     assert sorted(p.name for p in fresh.iterdir()) == [".lock", ".work"]  # nothing published, no manifest
-    monkeypatch.delenv("DATA_PREP_TEST_HOOKS")
+    monkeypatch.delenv(faults.ENV)
     assert main(tokenize_args([inp], fresh, tok, 8)) == 0  # the same command again finishes the job
     assert dataset_snapshot(fresh) == snapshot
 
@@ -457,16 +454,68 @@ def test_read_manifest_errors(tmp_path, dataset):
         read_manifest(tmp_path)
 
 
+class _Rows:
+    """A writer for a Packer that keeps the rows it is handed (a PartWriter writes them to MDS)."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+        self.calls = 0
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        assert rows.ndim == 2 and rows.flags.c_contiguous
+        self.calls += 1
+        self.rows += rows.tolist()
+
+
 def test_packer_cuts_exact_samples():
     from data_prep.pack import Packer, token_dtype
 
-    p = Packer(sample_len=4, eos_id=0, dtype="uint16")
-    p.add_documents([[1, 2], [3]])
-    assert [s.tolist() for s in p.drain()] == [[1, 2, 0, 3]]
-    p.add_documents([[4, 5, 6, 7, 8]])
-    assert [s.tolist() for s in p.drain()] == [[0, 4, 5, 6]]
+    out = _Rows()
+    p = Packer(out, "uint16", sample_len=4, eos_id=0)
+    assert p.add([1, 2]) == 3 and p.add([3]) == 2
+    assert out.rows == []  # nothing packed before a flush (flush_tokens not reached)
+    p.flush()
+    assert out.rows == [[1, 2, 0, 3]]
+    p.add([4, 5, 6, 7, 8])
+    p.flush()
+    assert out.rows == [[1, 2, 0, 3], [0, 4, 5, 6]]
     assert (p.documents, p.tokens, p.samples, p.dropped_tail_tokens) == (3, 11, 2, 3)
     assert token_dtype(65536) == "uint16" and token_dtype(65537) == "uint32"
+
+    # where the flushes happen (flush_tokens) does not change the rows, only when they are written
+    docs = [list(range(1, 1 + n)) for n in (5, 1, 9, 2, 7, 3, 11, 4)]
+    expected = [t for d in docs for t in [*d, 0]]
+    for flush_tokens in (1, 3, 10, 1 << 18):
+        out = _Rows()
+        p = Packer(out, np.uint16, sample_len=5, eos_id=0, flush_tokens=flush_tokens)
+        for d in docs:
+            p.add(list(d))
+        p.flush()
+        k = len(expected) // 5
+        assert out.rows == [expected[i * 5:(i + 1) * 5] for i in range(k)]
+        assert p.samples == k and p.dropped_tail_tokens == len(expected) - 5 * k
+        assert out.calls == 1 if flush_tokens > len(expected) else out.calls > 1
+    with pytest.raises(ValueError, match="sample_len"):
+        Packer(_Rows(), "uint16", sample_len=1, eos_id=0)
+
+
+def test_split_rule_is_the_contract():
+    """split_of (what the workers use) against known blake2b values of the rule recorded in the
+    manifest: h = blake2b(utf8(text), digest_size=8) as big-endian uint64; val iff h / 2**64 < f."""
+    from data_prep.split import SPLIT_HASH
+
+    assert SPLIT_HASH == "blake2b(utf8(text), digest_size=8) as big-endian uint64 / 2**64 < val_fraction -> val"
+    known = {
+        "": 16476032584258269876,
+        "hello": 12085107955937391741,
+        TRICKY[3]: 14605813687436565388,
+        LONG_DOC: 5139054864388555340,
+    }
+    for text, h in known.items():
+        at = h / 2**64
+        assert split_of(text, at) == "train" and split_of(text, float(np.nextafter(at, 1.0))) == "val"
+        assert split_of(text.encode("utf-8"), at) == "train"  # the UTF-8 bytes: the same rule
+        assert split_of(text, 0.0) == "train" and split_of(text, 0.999999) == "val"
 
 
 def test_mds_column_encoding_is_valid():

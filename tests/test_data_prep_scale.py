@@ -3,8 +3,9 @@ output, every bad-record kind, --strict, worker-count independence, resume after
 bounded tokenizer sampling, existing (Llama-style) tokenizer models.
 
 Real libraries (sentencepiece, mosaicml-streaming, zstandard, pyarrow) on tiny real text (the
-stdlib-docstring demo corpus). Expectations are computed independently of the implementation:
-our own JSONL/parquet reading, the documented split rule and packing rule.
+stdlib-docstring demo corpus). Expectations are computed independently of the implementation
+where possible: our own JSONL/parquet reading and packing rule; the split rule is the workers'
+own ``data_prep.split.split_of`` (pinned to the manifest contract in test_data_prep.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 import zstandard
 
 from data_prep.__main__ import main
+from data_prep.split import split_of
+from pretrain import faults
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["RedPajamaArXiv", "RedPajamaBook", "RedPajamaC4", "RedPajamaCommonCrawl", "RedPajamaGitHub",
@@ -37,11 +40,6 @@ RUN_FIELDS = ("wall_time_s", "tokens_per_s", "run")
 
 # --------------------------------------------------------------------------------------------
 # helpers (independent of the implementation)
-
-
-def contract_split(text: str, val_fraction: float) -> str:
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-    return "val" if h / 2**64 < val_fraction else "train"
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -245,7 +243,7 @@ def test_multi_unit_packing_and_worker_independence(tmp_path, slimpajama, tok):
     for split in ("train", "val"):
         exp_rows, dropped, docs, by_source = [], 0, 0, {}
         for _, recs in files:
-            mine = [r for r in recs if contract_split(r["text"], vf) == split]
+            mine = [r for r in recs if split_of(r["text"], vf) == split]
             rows, tail = pack([sp.encode(r["text"]) for r in mine], eos)
             exp_rows.append(rows)
             dropped += tail
@@ -301,7 +299,7 @@ def test_per_source_output(tmp_path, slimpajama, tok):
             all_rows.append(rows)
             # every complete document in a source's samples is a document of that source
             want = {r["text"] for _, recs in files for r in recs
-                    if r["meta"]["redpajama_set_name"] == src and contract_split(r["text"], 0.2) == split}
+                    if r["meta"]["redpajama_set_name"] == src and split_of(r["text"], 0.2) == split}
             assert v["documents"] == len(want)
             parts = sorted((out / v["dir"]).glob("part-*"))
             assert np.array_equal(np.concatenate([read_mds(p) for p in parts]) if parts else rows, rows)
@@ -486,7 +484,7 @@ def test_resume_after_kill_9_is_identical(tmp_path, slimpajama, tok, caplog):
 
     out = tmp_path / "out"
     work = out / ".work"
-    env = {**os.environ, "DATA_PREP_TEST_HOOKS": json.dumps({"pause_s": 0.03, "flush_tokens": 200}),
+    env = {**os.environ, **faults.arm({"data_prep.units": {"pause_s": 0.03, "flush_tokens": 200}}),
            "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "data_prep", *tok_args([root], out, tok, *args, "--workers", "2")],
                             cwd=REPO, env=env, start_new_session=True,
@@ -547,9 +545,9 @@ def test_resume_after_kill_9_is_identical(tmp_path, slimpajama, tok, caplog):
 def test_partial_run_with_other_settings_is_refused(tmp_path, slimpajama, tok, monkeypatch, capsys):
     root, _ = slimpajama
     out = tmp_path / "out"
-    monkeypatch.setenv("DATA_PREP_TEST_HOOKS", json.dumps({"fail_unit": 3}))
+    monkeypatch.setenv(faults.ENV, faults.arm({"data_prep.units": {"fail_unit": 3}})[faults.ENV])
     assert main(tok_args([root], out, tok, "--unit-size", "4k", "--workers", "1")) == 2
-    monkeypatch.delenv("DATA_PREP_TEST_HOOKS")
+    monkeypatch.delenv(faults.ENV)
     assert (out / ".work" / "done").is_dir() and not (out / "manifest.json").exists()
     capsys.readouterr()
     assert main(tok_args([root], out, tok, "--unit-size", "8k")) == 2
@@ -560,11 +558,11 @@ def test_partial_run_with_other_settings_is_refused(tmp_path, slimpajama, tok, m
 def test_dead_worker_is_reported_and_the_run_resumable(tmp_path, slimpajama, tok, monkeypatch, capsys):
     root, files = slimpajama
     out = tmp_path / "out"
-    monkeypatch.setenv("DATA_PREP_TEST_HOOKS", json.dumps({"kill_unit": 5}))
+    monkeypatch.setenv(faults.ENV, faults.arm({"data_prep.units": {"kill_unit": 5}})[faults.ENV])
     assert main(tok_args([root], out, tok, "--unit-size", "4k", "--workers", "2")) == 2
     err = capsys.readouterr().err
     assert "died (killed by SIGKILL (out of memory?)) while processing unit 5" in err and "resume" in err
-    monkeypatch.delenv("DATA_PREP_TEST_HOOKS")
+    monkeypatch.delenv(faults.ENV)
     assert main(tok_args([root], out, tok, "--unit-size", "4k", "--workers", "2")) == 0
     from data_prep import read_manifest
 
