@@ -240,7 +240,7 @@ class Trainer:
         self.control.install()
         self._loop(endless(self.loader))
         state, dist = self.state, self.dist
-        val = next((r["val_loss"] for r in [self.last] if "val_loss" in r), None)
+        val = self.last.get("val_loss")
         if not state.done:
             if dist.is_main:
                 stop_after = self.control.stop_after_steps

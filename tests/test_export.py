@@ -114,7 +114,7 @@ def test_export_refusals(trained_run, tmp_path):
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="differ from its COMPLETE marker"):
+    with pytest.raises(ExportError, match="files differ from its manifest"):
         export(run, tmp_path / "c", **quiet)
     # an existing output directory is not replaced without overwrite=True
     (tmp_path / "taken").mkdir()

@@ -159,7 +159,8 @@ def test_every_schedule_is_a_pure_function_of_the_step():
 
     from pretrain.schedules import SCHEDULES
 
-    params = {"step": {"milestones": [50]}, "skiplr": {"eta_before": 1.0, "eta_after": 0.5, "k_s": 40, "absolute": False}}
+    params = {"step": {"milestones": [50]}, "skiplr": {"eta_before": 1.0, "eta_after": 0.5, "k_s": 40, "absolute": False},
+              "cooldown": {"start_step": 30, "start_lr": 0.5, "decay_steps": 50}}
     for name in SCHEDULES:
         cfg = ScheduleConfig(name=name, warmup_steps=10, params=params.get(name, {}))
         straight = cfg.build(100, alpha=0.01).multipliers()

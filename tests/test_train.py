@@ -97,7 +97,7 @@ def test_plain_python_single_process_and_resume(tiny_data, tmp_path):
 def test_torchrun_two_ranks_other_zero_stages(tiny_data, tmp_path, stage, optimizer):
     run_dir = tmp_path / "run"
     extra = {"optimizer.momentum": 0.9, "optimizer.lr": 0.3} if optimizer == "sgd" else {}
-    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "deepspeed.config": f"ds_configs/zero{stage}_bf16.json",
+    ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "deepspeed.config": f"ds_configs/zero{stage}.json",
                                                 "optimizer.name": optimizer, **extra})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "pretrain.py", "--config", DEMO, *ov]

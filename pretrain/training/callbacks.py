@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..distributed import all_reduce_sum
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointSaver
