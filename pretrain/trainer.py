@@ -133,6 +133,7 @@ class Trainer:
     def _setup_data(self) -> None:
         from streaming.base.util import clean_stale_shared_memory
 
+        self._shm_before = _streaming_memory_ids()
         clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
         data = self.cfg.data.build()
         if self.dist.local_rank == 0:
@@ -377,7 +378,8 @@ class Trainer:
 
     # -- tear-down ---------------------------------------------------------------------------
     def close(self, restore_signals: bool = False) -> None:
-        """Drop the engine and the loaders (their shared memory); the next run in this process starts clean."""
+        """Drop the engine and the loaders and release their shared memory: the next run in this process
+        starts clean (streaming keeps every shared-memory block open until the process exits otherwise)."""
         if restore_signals:
             self.control.uninstall()
         self.callbacks = []
@@ -385,6 +387,27 @@ class Trainer:
         self.engine = self.loader = self.val = None
         self.val_per_source = {}
         gc.collect()
+        _release_streaming_memory(self._shm_before)
+
+
+def _streaming_memory_ids() -> set[int]:
+    from streaming.base.shared.memory import SharedMemory
+
+    return {id(o) for o in gc.get_objects() if isinstance(o, SharedMemory)}
+
+
+def _release_streaming_memory(before: set[int]) -> None:
+    """Close (and, for those this process created, unlink) the streaming shared-memory blocks made since
+    ``before``: streaming registers each with ``atexit``, which would keep them, and their file
+    descriptors, until the process ends."""
+    import atexit
+
+    from streaming.base.shared.memory import SharedMemory
+
+    for obj in gc.get_objects():
+        if isinstance(obj, SharedMemory) and id(obj) not in before:
+            atexit.unregister(obj.cleanup)
+            obj.cleanup()
 
 
 def _write_hardware(path: Path, hw, precision, threads, peak, peak_why: str) -> None:

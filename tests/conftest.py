@@ -86,3 +86,44 @@ def tiny_overrides(data_dir: Path, run_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_pretrain(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python pretrain.py ARGS`` run in this process (a world of one): its exit code, stdout and stderr.
+
+    The same ``pretrain.main.main`` as the command line, without an interpreter and imports per run
+    (seconds each); the environment, signal handlers, torch threads and working directory are put
+    back afterwards. Tests of process-level behaviour (signals, kill -9, separate processes, no
+    traceback on stderr) use ``run_cli`` instead.
+    """
+    import contextlib
+    import io
+    import signal
+
+    import deepspeed  # noqa: F401  (imported before the streams are redirected: its logger keeps the real ones)
+    import torch
+
+    from pretrain.main import main
+    from pretrain.trainer import _world_of_one
+
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env or {})
+    try:
+        with contextlib.chdir(ROOT), _world_of_one(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["pretrain.py", *args], code, out.getvalue(), err.getvalue())

@@ -12,7 +12,7 @@ import yaml
 
 from pretrain.config_loader import ConfigError, Sources
 from pretrain.run_config import RunConfig, load_run_config, resolve
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.conftest import ROOT, run_cli, run_pretrain, tiny_overrides
 
 DEMO = ROOT / "configs" / "demo_cpu.yaml"
 
@@ -219,7 +219,7 @@ def test_invalid_yaml(tmp_path):
 def test_cli_reports_config_error_before_any_work(tmp_path, tiny_data):
     """pretrain.py exits with code 2 and one clear message; nothing is written."""
     run_dir = tmp_path / "run"
-    res = run_cli([sys.executable, "pretrain.py", "--config", str(DEMO), *tiny_overrides(tiny_data, run_dir),
+    res = run_pretrain(["--config", str(DEMO), *tiny_overrides(tiny_data, run_dir),
                    "train.micro_batch_size=0"])
     assert res.returncode == 2, res.stderr
     assert "train.micro_batch_size = 0: expected an integer >= 1" in res.stderr
@@ -228,7 +228,7 @@ def test_cli_reports_config_error_before_any_work(tmp_path, tiny_data):
 
 
 def test_cli_dry_run_prints_plan(tmp_path, tiny_data):
-    res = run_cli([sys.executable, "pretrain.py", "--config", str(DEMO), "--dry-run",
+    res = run_pretrain(["--config", str(DEMO), "--dry-run",
                    *tiny_overrides(tiny_data, tmp_path / "run")])
     assert res.returncode == 0, res.stderr
     assert "plan:" in res.stdout and "6 steps x 8 seqs x 64 tokens = 3,072 tokens" in res.stdout

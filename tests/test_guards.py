@@ -10,7 +10,7 @@ import pytest
 
 from pretrain import faults
 from pretrain.training.loop import SpikeDetector
-from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
+from tests.conftest import ROOT, free_port, run_cli, run_pretrain, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 
@@ -41,7 +41,7 @@ def test_non_finite_update_is_skipped_on_all_ranks(tiny_data, tmp_path):
 def test_too_many_consecutive_skips_stop_the_run(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     ov = tiny_overrides(tiny_data, run_dir, **{"train.max_consecutive_skips": 2, "checkpoint.interval": 2})
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov], env=faults.arm({"train.nan_loss": [3, 4, 5]}))
+    res = run_pretrain(["--config", DEMO, *ov], env=faults.arm({"train.nan_loss": [3, 4, 5]}))
     assert res.returncode == 4, res.stderr[-3000:]
     assert "2 consecutive updates skipped as non-finite (steps 3..4); stopping, the last good checkpoint is kept" in res.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
@@ -63,13 +63,13 @@ def test_loss_spike_is_detected_and_optionally_skipped(tiny_data, tmp_path):
             "schedule.end_ratio": "null", "optimizer.lr": 0.01, "eval.interval": 0, "checkpoint.interval": 0}
     env = faults.arm({"train.noise_tokens": [14]})  # update 14 sees uniformly random tokens
     seen = tmp_path / "seen"
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, seen, **base)], env=env)
+    res = run_pretrain(["--config", DEMO, *tiny_overrides(tiny_data, seen, **base)], env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = records(seen)
     assert recs[13].get("loss_spike_z", 0) > 3.0 and "skipped" not in recs[13]
     assert "step 14: loss spike" in res.stdout
     skip = tmp_path / "skip"
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO,
+    res = run_pretrain(["--config", DEMO,
                    *tiny_overrides(tiny_data, skip, **base, **{"train.skip_spikes": "true"})], env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = records(skip)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.conftest import ROOT, run_cli, run_pretrain, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 
@@ -18,7 +18,7 @@ DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 @pytest.fixture(scope="module")
 def main_checkpoint(tiny_data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("main") / "main"
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO,
+    res = run_pretrain(["--config", DEMO,
                    *tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "checkpoint.interval": 2})])
     assert res.returncode == 0, res.stderr[-3000:]
     return run_dir / "checkpoints" / "step_00000002"
@@ -35,7 +35,7 @@ def test_cooldowns_script_generates_runnable_branches(main_checkpoint):
         assert cmd[cmd.index("--branch-from") + 1] == str(main_checkpoint)
         # The same arguments pass the trainer's checks (dry run: config, data, schedule, branch source).
         args = cmd[cmd.index("pretrain.py"):]
-        check = run_cli([sys.executable, *args, "--dry-run"])
+        check = run_pretrain([*args[1:], "--dry-run"])
         assert check.returncode == 0, check.stderr
         assert f"{2 + d} steps" in check.stdout and "schedule cooldown" in check.stdout
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.schedules import ScheduleConfig
-from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
+from tests.conftest import ROOT, free_port, run_cli, run_pretrain, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 pytestmark = pytest.mark.distributed
@@ -132,9 +132,9 @@ def per_source_data(tiny_data, tmp_path_factory) -> Path:
 def test_sources_mixed_by_proportion(per_source_data, tmp_path):
     run_dir = tmp_path / "run"
     ov = tiny_overrides(per_source_data, run_dir, **{"train.max_steps": 3, "data.mix": "{RedPajamaGitHub: 0.7, RedPajamaBook: 0.3}"})
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov])
+    res = run_pretrain(["--config", DEMO, *ov])
     check_run(res, run_dir, 3)
-    bad = run_cli([sys.executable, "pretrain.py", "--config", DEMO, "--dry-run",
+    bad = run_pretrain(["--config", DEMO, "--dry-run",
                    *tiny_overrides(per_source_data, run_dir, **{"data.mix": "{RedPajamaC4: 1.0}"})])
     assert bad.returncode == 2 and "sources of" in bad.stderr and "RedPajamaBook, RedPajamaGitHub (unknown: RedPajamaC4)" in bad.stderr
 
@@ -142,11 +142,11 @@ def test_sources_mixed_by_proportion(per_source_data, tmp_path):
 def test_data_through_a_local_cache_and_unreachable_remote(tiny_data, tmp_path):
     """data.path read through cache_dir (as for s3:// data: here a local directory plays the remote)."""
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    res = run_cli([sys.executable, "pretrain.py", "--config", DEMO,
+    res = run_pretrain(["--config", DEMO,
                    *tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 2, "data.cache_dir": str(cache)})])
     check_run(res, run_dir, 2)
     assert (cache / "manifest.json").is_file() and list((cache / "train").rglob("shard.*"))
-    bad = run_cli([sys.executable, "pretrain.py", "--config", DEMO, "--dry-run",
+    bad = run_pretrain(["--config", DEMO, "--dry-run",
                    *tiny_overrides(tiny_data, run_dir, **{"data.path": "s3://no-such-bucket-pretrain-test/tokens",
                                                           "data.cache_dir": str(tmp_path / "c2"), "data.download_timeout": 10})])
     assert bad.returncode == 2, bad.stderr
@@ -164,7 +164,7 @@ def test_compile_matches_eager_loss_curve(tiny_data, tmp_path):
         run_dir = tmp_path / f"compile-{flag}"
         ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 20, "train.compile": flag, "eval.interval": 0,
                                                    "checkpoint.interval": 0, "model.dropout": 0.0})
-        res = run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov])
+        res = run_pretrain(["--config", DEMO, *ov])
         curves[flag] = [r["loss"] for r in check_run(res, run_dir, 20)]
         if flag == "true":
             assert "torch.compile on" in res.stdout

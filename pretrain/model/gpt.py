@@ -220,9 +220,13 @@ class GPT(nn.Module):
         self._alibi_cache: dict = {}  # (T, device, dtype) -> [1, H, T, T]
         init_weights(self, config)
 
-    # The caches are looked up outside torch.compile's graph: traced, the first call's insertion
-    # would invalidate the graph's guards and force a second compilation on the next step.
-    @torch.compiler.disable
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile`` (in place), with the table caches looked up outside the graph: traced,
+        the first call's insertion would invalidate the guards and force a second compilation."""
+        self.rope = torch.compiler.disable(self.rope)  # instance attributes shadow the methods
+        self.alibi = torch.compiler.disable(self.alibi)
+        super().compile(*args, **kwargs)
+
     def rope(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 RoPE tables [T, Dh] for this model, cached per (seq_len, device)."""
         key = (seq_len, torch.device(device))
@@ -230,7 +234,6 @@ class GPT(nn.Module):
             self._rope_cache[key] = rope_tables(seq_len, self.config.head_dim, self.config.rope_base, device)
         return self._rope_cache[key]
 
-    @torch.compiler.disable
     def alibi(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Causal ALiBi bias [1, H, T, T], built in fp32 then cast to ``dtype`` (SDPA wants q's dtype)."""
         key = (seq_len, torch.device(device), dtype)
