@@ -68,6 +68,7 @@ class Trainer:
         self.engine = self.loader = self.val = self.saver = None
         self.val_per_source: dict = {}
         self.evaluator = self.logger = None
+        self._shm_before: Optional[set[int]] = None  # streaming's shared memory from before this run's data
         self.start = None  # pretrain.resume.StartPoint, or None for a fresh run
         self.callbacks: list = []
         self.peak_flops: Optional[float] = None
@@ -387,7 +388,8 @@ class Trainer:
         self.engine = self.loader = self.val = None
         self.val_per_source = {}
         gc.collect()
-        _release_streaming_memory(self._shm_before)
+        if self._shm_before is not None:
+            _release_streaming_memory(self._shm_before)
 
 
 def _streaming_memory_ids() -> set[int]:
