@@ -54,7 +54,7 @@ def report(run_dir: str | Path) -> dict:
     }
     print(f"run directory    {run_dir}")
     print(f"  config         {run_dir / 'config.yaml'}  (DeepSpeed: {run_dir / 'ds_config.json'})")
-    print(f"  metrics        {run_dir / 'metrics.jsonl'}  ({len(records)} steps)")
+    print(f"  metrics        {run_dir / 'metrics.jsonl'}  ({sum(1 for r in records if 'loss' in r)} updates)")
     print(f"  tensorboard    {run_dir / 'tensorboard'}")
     print(f"  checkpoints    {ckpt_dir}  (latest: {(ckpt_dir / 'latest').read_text().strip() if (ckpt_dir / 'latest').exists() else 'none'})")
     print(f"  loss curve     {png}")
