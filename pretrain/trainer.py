@@ -149,7 +149,7 @@ class Trainer:
         of the run's own (a branch source has no fallback)."""
         import dataclasses
 
-        from .checkpoint import CheckpointDir, UnsafeCheckpoint
+        from .checkpoint import CheckpointDir, UnsafeCheckpoint, step_of
 
         ckpts = CheckpointDir(start.root, self.cfg.checkpoint.verify)
         while True:
@@ -167,12 +167,13 @@ class Trainer:
                 return start, saved
             if error is None:
                 error = UnsafeCheckpoint(f"{start.path}: another rank refused one of its files as unsafe")
-            older = [t for t in ckpts.complete_tags() if t < start.tag and not ckpts.verify(t)]
-            if start.branch or start.universal or not older:
+            older = None if start.branch or start.universal else next(
+                (t for t in reversed(ckpts.complete_tags()) if step_of(t) < start.step and not ckpts.verify(t)), None)
+            if older is None:
                 raise error
-            if error is not None and "another rank" not in str(error) or self.dist.is_main:
+            if self.dist.is_main or "another rank" not in str(error):
                 print(f"warning: skipping checkpoint {start.path}: {error}", flush=True)
-            start = dataclasses.replace(start, tag=older[-1], marker=ckpts.marker(older[-1]))
+            start = dataclasses.replace(start, tag=older, marker=ckpts.marker(older))
 
     def _restore(self, start) -> None:
         from .resume import write_lineage
