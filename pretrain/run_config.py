@@ -349,12 +349,9 @@ def _fill_cooldown_start(cfg: RunConfig, branch_from: Path) -> None:
     step = step_of(branch_from.name)
     parent = run_config_from_dict(yaml.safe_load((branch_from / "config.yaml").read_text()), str(branch_from / "config.yaml"))
     multiplier = parent.build_schedule()(step - 1) if step > 0 else 0.0  # what the parent's update `step` ran with
-    cfg.schedule = dataclasses.replace(cfg.schedule, params={**params})
-    cfg.schedule.params.setdefault("start_step", step)
-    if cfg.schedule.params.get("start_step") is None:
-        cfg.schedule.params["start_step"] = step
-    if cfg.schedule.params.get("start_lr") is None:
-        cfg.schedule.params["start_lr"] = parent.optimizer.lr * multiplier
+    filled = {"start_step": step, "start_lr": parent.optimizer.lr * multiplier}
+    cfg.schedule = dataclasses.replace(
+        cfg.schedule, params={**params, **{k: v for k, v in filled.items() if params.get(k) is None}})
 
 
 def deepspeed_config(cfg: RunConfig, choice, problems: Problems) -> dict[str, Any]:

@@ -483,17 +483,10 @@ def run_launch(cfg, ds_config: dict, *, stop_after_steps: int = 0, in_process: b
 
 
 @contextlib.contextmanager
-def _world_of_one():
-    """A world of one in this process when no launcher set one up; the environment is restored afterwards."""
-    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        yield
-        return
-    from .distributed import _free_port
-
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+def temporary_env(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block, and put back as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -502,6 +495,19 @@ def _world_of_one():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _world_of_one():
+    """A world of one in this process when no launcher set one up; the environment is restored afterwards."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        yield
+        return
+    from .distributed import _free_port
+
+    with temporary_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}):
+        yield
 
 
 def train(config: str | Path, overrides: Sequence[str] = (), *, stop_after_steps: int = 0) -> TrainResult:

@@ -104,25 +104,19 @@ def run_pretrain(args: list[str], env: dict | None = None, timeout: int = 600) -
     import torch
 
     from pretrain.main import main
-    from pretrain.trainer import _world_of_one
+    from pretrain.trainer import _world_of_one, temporary_env
 
-    saved_env = {k: os.environ.get(k) for k in (env or {})}
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     threads = torch.get_num_threads()
     out, err = io.StringIO(), io.StringIO()
-    os.environ.update(env or {})
     try:
-        with contextlib.chdir(ROOT), _world_of_one(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.chdir(ROOT), temporary_env(env or {}), _world_of_one(), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(args))
             except SystemExit as e:  # argparse
                 code = e.code if isinstance(e.code, int) else 1
     finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         for s, h in handlers.items():
             signal.signal(s, h)
         torch.set_num_threads(threads)
