@@ -5,7 +5,7 @@ Also runs under ``torchrun`` and as plain ``python pretrain.py`` (one process).
 
 import sys
 
-from pretrain.main import main
+from pretrain.main import exit_now, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -13,7 +13,7 @@ setup(
     name="pretrain",
     version=version(),
     description="GPT pretraining with DeepSpeed ZeRO on mosaicml-streaming data, from muP proxies to Phi-3-mini",
-    packages=find_packages(include=["pretrain", "pretrain.*", "data_prep", "data_prep.*"]),
+    packages=find_packages(include=["pretrain", "pretrain.*", "data_prep", "data_prep.*", "experiments", "experiments.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -31,6 +31,7 @@ setup(
         "tqdm",
         "psutil",  # pretrain.training.loop: CPU memory (RSS) in the training log
         "safetensors>=0.4",  # pretrain.export writes model.safetensors
+        "scipy>=1.11",  # pretrain.forecast fits loss laws; experiments.stats (Spearman)
     ],
     # the tests load exported checkpoints with transformers and read them with safetensors
     extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4"]},

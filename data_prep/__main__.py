@@ -39,6 +39,31 @@ def _size(text: str) -> int:
     return value
 
 
+def _sources(text: str) -> tuple[str, ...]:
+    """Comma-separated demo-corpus sources, e.g. stdlib,packages (kept in that canonical order)."""
+    from .corpus import SOURCES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in SOURCES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(SOURCES)}, got {text!r}")
+    return tuple(n for n in SOURCES if n in names)
+
+
+def _mb_cap(text: str) -> Optional[float]:
+    """A size in MB; 0 or 'none': no cap."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MB, 0 or none, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size in MB, 0 or none, got {text!r}")
+    return value
+
+
 def _cores() -> int:
     from .units import default_workers
 
@@ -60,11 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo-corpus",
         parents=[common],
-        help="write a small real-text corpus (stdlib docstrings + Python reference manual)",
-        description="Extract stdlib docstrings and pydoc reference topics (parsed with ast, never "
-        "imported) into SlimPajama layout: OUTPUT/train/chunkN/example_train_K.jsonl.zst.",
+        help="write a real-text corpus: stdlib docstrings + Python reference manual "
+        "(+ installed packages' docstrings and docs with --sources stdlib,packages)",
+        description="Extract docstrings (parsed with ast, never imported) and documentation text into "
+        "SlimPajama layout: OUTPUT/train/chunkN/example_train_K.jsonl.zst, source in "
+        "meta.redpajama_set_name (docstrings: RedPajamaGitHub, prose: RedPajamaBook). Source "
+        "'stdlib' (default, ~2.6 MB): the standard library's docstrings and the pydoc reference "
+        "manual topics. Source 'packages': every distribution installed in the interpreter's "
+        "site-packages: .py docstrings (tests skipped), shipped .md/.rst/.txt docs and METADATA long "
+        "descriptions, at most --max-mb-per-dist MB from any one distribution; with it, duplicate "
+        "documents and repeated docstrings are dropped (first kept). Text containing U+2581 "
+        "(sentencepiece's meta space, which no sentencepiece model round-trips) is left out. "
+        "The output is byte-identical for a given installation (see data_prep/corpus.py).",
     )
     d.add_argument("--output", required=True, type=Path, help="corpus directory")
+    d.add_argument("--sources", type=_sources, default=("stdlib",), metavar="LIST",
+                   help="comma-separated: stdlib, packages (default: stdlib, the small demo corpus; "
+                        "stdlib,packages for a larger one, tens of MB in a full environment)")
+    d.add_argument("--site-packages", type=Path, action="append", default=None, metavar="DIR",
+                   help="site-packages directory for the packages source (repeatable; default: the "
+                        "running interpreter's, sysconfig purelib/platlib)")
+    d.add_argument("--max-mb-per-dist", type=_mb_cap, default=10.0, metavar="MB",
+                   help="packages source: cap on the text taken from one distribution, so that a huge "
+                        "generated SDK does not dominate (default 10; 0 or none: no cap)")
     d.add_argument("--max-mb", type=float, default=None, help="cap on total text size in MB (10^6 bytes)")
     d.add_argument("--docs-per-file", type=_positive_int, default=256, help="documents per .jsonl.zst file (default 256)")
 
@@ -160,14 +203,33 @@ def _demo_corpus(args: argparse.Namespace) -> int:
     from .corpus import MB, DemoCorpusConfig, build_demo_corpus
 
     res = build_demo_corpus(
-        DemoCorpusConfig(output=args.output, max_mb=args.max_mb, docs_per_file=args.docs_per_file)
+        DemoCorpusConfig(
+            output=args.output, max_mb=args.max_mb, docs_per_file=args.docs_per_file, sources=args.sources,
+            site_packages=tuple(args.site_packages) if args.site_packages else None,
+            max_mb_per_dist=args.max_mb_per_dist,
+        )
     )
-    sources = ", ".join(f"{k}: {v}" for k, v in res.by_source.items())
+    if args.sources == ("stdlib",):  # the demo's line, as before --sources
+        sources = ", ".join(f"{k}: {v}" for k, v in res.by_source.items())
+    else:
+        sources = ", ".join(f"{k}: {v} / {res.bytes_by_source.get(k, 0) / MB:.2f} MB"
+                            for k, v in res.by_source.items())
     print(
         f"wrote {res.documents} documents ({sources}), {res.text_bytes / MB:.2f} MB of text, "
         f"{res.compressed_bytes / MB:.2f} MB compressed in {len(res.files)} files under "
         f"{Path(args.output) / 'train'}"
     )
+    if res.distributions:
+        capped = ", ".join(f"{k} ({v / MB:.2f} MB)" for k, v in res.capped.items())
+        print(f"packages: {res.distributions} installed distributions read"
+              + (f"; capped at --max-mb-per-dist {args.max_mb_per_dist:g}: {capped}" if capped else ""))
+    if res.dedup is not None:
+        st = res.dedup
+        print(
+            f"dedup removed {st.removed_bytes / MB:.2f} MB: {st.documents} duplicate documents "
+            f"({st.document_bytes / MB:.2f} MB), {st.docstrings} repeated docstrings "
+            f"({st.docstring_bytes / MB:.2f} MB), {st.emptied} modules left without a new docstring"
+        )
     return 0
 
 

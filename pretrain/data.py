@@ -22,6 +22,22 @@ from typing import Any, Iterator, Optional
 SPLITS = ("train", "val")
 
 
+def clean_stale_shared_memory() -> None:
+    """mosaicml-streaming's ``clean_stale_shared_memory`` (collective), unless ``PRETRAIN_CLEAN_STALE_SHM=0``.
+
+    Streaming's cleanup unlinks every segment it knows the name of, including those of live loaders in other
+    processes: whoever starts several runs at once on one machine (``python -m experiments --slots K``) cleans
+    once before them and sets the variable to 0 for each run.
+    """
+    import os
+
+    if os.environ.get("PRETRAIN_CLEAN_STALE_SHM", "1") == "0":
+        return
+    from streaming.base.util import clean_stale_shared_memory as clean
+
+    clean()
+
+
 def is_remote(path: str) -> bool:
     return "://" in path
 

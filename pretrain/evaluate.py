@@ -44,7 +44,7 @@ def evaluate(checkpoint: str | Path, data: Optional[str] = None, max_samples: Op
         raise ConfigError([f"data.{k} = {v!r}: expected {e}" for k, v, e in problems])
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = ckpts.model(tag, cfg.model).to(device)
-    from streaming.base.util import clean_stale_shared_memory
+    from .data import clean_stale_shared_memory
 
     clean_stale_shared_memory()
     n = max_samples or cfg.eval.max_samples

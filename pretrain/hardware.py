@@ -16,6 +16,7 @@ Precision (``train.precision: auto``):
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -204,8 +205,12 @@ def gpu_peak_flops(name: str) -> Optional[float]:
     return next((v for k, v in GPU_PEAK_BF16 if k in name), None)
 
 
+@functools.lru_cache(maxsize=None)
 def matmul_flops(dtype, threads: int, size: int = 1024, seconds: float = 0.3) -> float:
-    """Measured FLOP/s of a square matmul of ``dtype`` on ``threads`` CPU threads (best of short repeats)."""
+    """Measured FLOP/s of a square matmul of ``dtype`` on ``threads`` CPU threads (best of short repeats).
+
+    Measured once per process for each argument set: runs in a row (the experiment harness, the tests)
+    reuse the figure instead of spending 0.3 s or more of every run on it."""
     import torch
 
     before = torch.get_num_threads()

@@ -70,5 +70,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once the run is over, without tearing the interpreter down.
+
+    The run has closed its files, writers, process group and shared memory by now. What normal exit adds is
+    joining idle thread pools (DeepSpeed, streaming) and finalizing torch's modules: 4-7 seconds a rank on 2
+    CPU cores, paid by every launch. The ``atexit`` handlers still run and the output is flushed.
+    """
+    import atexit
+    import logging
+    import os
+
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_now(main())

@@ -192,8 +192,8 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunCon
 
 # -- cross-checks against files and the world size -----------------------------------------
 
-def _resolve_budget(cfg: RunConfig, problems: Problems) -> None:
-    """Fill global_batch_size from global_batch_tokens and max_steps from the token budget."""
+def resolve_budget(cfg: RunConfig, problems: Problems) -> None:
+    """Fill global_batch_size from global_batch_tokens and max_steps from the token budget (needs data.seq_len)."""
     import math
 
     t, seq = cfg.train, cfg.data.seq_len
@@ -279,7 +279,7 @@ def resolve(
     t = cfg.train
     # The global batch in sequences, and the budget in updates.
     if not file_problems:
-        _resolve_budget(cfg, problems)
+        resolve_budget(cfg, problems)
     if t.global_batch_size is None or t.max_steps is None:
         problems.raise_if_any()
         return cfg, {}

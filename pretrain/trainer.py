@@ -132,7 +132,7 @@ class Trainer:
         return self
 
     def _setup_data(self) -> None:
-        from streaming.base.util import clean_stale_shared_memory
+        from .data import clean_stale_shared_memory
 
         self._shm_before = _streaming_memory_ids()
         clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait

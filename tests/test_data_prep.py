@@ -202,6 +202,155 @@ def test_demo_corpus_parses_without_importing():
     assert not [m for m in names if re.search(r"(^|\.)(tests?|idle_test|site-packages)(\.|$)", m)]
 
 
+def _fake_dist(site: Path, name: str, version: str, files: dict[str, bytes], description: str) -> None:
+    """Install a fake distribution: its files, METADATA (long description as the body) and RECORD."""
+    info = f"{name}-{version}.dist-info"
+    files = {**files,
+             f"{info}/METADATA": (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                  f"Summary: fake {name}\n\n{description}").encode(),
+             f"{info}/top_level.txt": f"{name}\n".encode(),
+             f"{info}/entry_points.txt": b"[console_scripts]\nentry points are not documentation\n"}
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    record = "".join(f"{rel},,\n" for rel in [*files, "../../../bin/outside"]) + f"{info}/RECORD,,\n"
+    (site / info / "RECORD").write_text(record)
+
+
+SHARED_DOC = "Shared helper: vendored copies of it must appear once in the corpus."
+CORE_PY = (
+    '"""Core of foo: the module docstring."""\n\n\n'
+    f'def helper():\n    """{SHARED_DOC}"""\n\n\n'
+    'class Engine:\n    """An engine that runs things."""\n\n'
+    '    def run(self):\n        """Run the engine once."""\n'
+).encode()
+README = "# Foo\n\nFoo is a library for demonstrating documentation extraction in the corpus tests.\n"
+LONG_DESCRIPTION = "Foo: a long description in the METADATA body.\n\nIt has two paragraphs of prose.\n"
+
+
+@pytest.fixture(scope="module")
+def fake_site(tmp_path_factory) -> Path:
+    """Two fake distributions; bar vendors foo's code and repeats its docs with other whitespace."""
+    site = tmp_path_factory.mktemp("site-packages")
+    _fake_dist(site, "foo", "1.0", {
+        "foo/__init__.py": b'"""Foo package docstring, unique to foo."""\n',
+        "foo/core.py": CORE_PY,
+        "foo/tests/test_core.py": b'"""TESTS-DIR docstring must be skipped."""\n',
+        "foo/test_inline.py": b'"""TEST-FILE docstring must be skipped."""\n',
+        "foo/conftest.py": b'"""CONFTEST docstring must be skipped."""\n',
+        "foo/README.md": README.encode(),
+        "foo/LICENSE.txt": b"LICENSE-TEXT Permission is hereby granted, free of charge, to any person\n",
+        "foo/table.txt": b"1.0 2.0 3.0\n4.5 6.25 7e-3\n" * 20,  # numeric data, not prose
+        "foo/latin1.rst": "caf\xe9 LATIN1-TEXT is not utf-8".encode("latin-1"),
+        "foo/huge.md": b"HUGE-DOC words " * 80_000,  # > 1 MB
+        "foo/broken.py": b"def broken(:\n    '''SYNTAX-ERROR docstring'''\n",
+        # sentencepiece's meta space (it decodes to " "): no sentencepiece model round-trips it
+        "foo/spm.py": ('def a():\n    """META-SPACE: replace " " with "\u2581"."""\n\n\n'
+                       'def b():\n    """Kept next to the meta space."""\n').encode(),
+        "foo/SPM.md": "META-SPACE-DOC: sentencepiece pieces start with \u2581.\n".encode(),
+    }, LONG_DESCRIPTION)
+    _fake_dist(site, "bar", "2.0", {
+        "bar/__init__.py": b'"""Bar package docstring."""\n\n\ndef own():\n    """Only bar has this docstring."""\n',
+        "bar/_vendor/foo_core.py": CORE_PY,  # an exact vendored copy: every docstring is a repeat
+        "bar/_vendor/foo_helper.py": (f'def helper():\n    """{SHARED_DOC}"""\n\n\n'
+                                      'def extra():\n    """Bar\'s own extra helper."""\n').encode(),
+        "bar/docs/README.rst": ("\n  " + README.replace(" ", "  ").replace("\n\n", "\n \n")).encode(),
+    }, LONG_DESCRIPTION.replace("two", "two\n  "))  # foo's, up to whitespace
+    return site
+
+
+def corpus_records(root: Path) -> list[dict]:
+    """All records in document order (files are dealt round-robin: chunk1/_0, chunk2/_0, chunk1/_1, ...)."""
+    def order(f: Path) -> tuple[int, int]:
+        return int(re.search(r"(\d+)\.jsonl\.zst$", f.name).group(1)), int(f.parent.name[len("chunk"):])
+
+    return [rec for f in sorted((root / "train").rglob("*.jsonl.zst"), key=order) for rec in read_jsonl_zst(f)]
+
+
+def test_demo_corpus_packages_source(fake_site, tmp_path, capsys):
+    from data_prep.corpus import DemoCorpusConfig, build_demo_corpus
+
+    out = tmp_path / "pk"
+    assert main(["demo-corpus", "--sources", "packages", "--site-packages", str(fake_site),
+                 "--output", str(out), "--docs-per-file", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "packages: 2 installed distributions read" in printed and "dedup removed" in printed
+    recs = corpus_records(out)
+    texts = [r["text"] for r in recs]
+    by_set: dict[str, list[str]] = {}
+    for r in recs:
+        assert set(r) == {"text", "meta"} and r["text"].endswith("\n")
+        by_set.setdefault(r["meta"]["redpajama_set_name"], []).append(r["text"])
+    github, book = by_set.pop("RedPajamaGitHub"), by_set.pop("RedPajamaBook")
+    assert not by_set
+    assert all(t.startswith("# module ") for t in github)
+    modules = {t.split("\n", 1)[0][len("# module "):] for t in github}
+    # foo/core.py and bar/_vendor/foo_core.py are identical: exactly one of them survives
+    assert len({"foo.core", "bar._vendor.foo_core"} & modules) == 1
+    assert {"foo", "bar", "bar._vendor.foo_helper", "foo.spm"} <= modules
+    # every docstring appears exactly once in the whole corpus (first copy kept)
+    joined = "".join(texts)
+    for doc in (SHARED_DOC, "Core of foo: the module docstring.", "An engine that runs things.",
+                "Run the engine once.", "Bar's own extra helper.", "Only bar has this docstring.",
+                "Kept next to the meta space."):
+        assert joined.count(doc) == 1, doc
+    # skipped: tests, non-UTF-8, numeric tables, licenses, > 1 MB files, dist-info files, unparsable code
+    for absent in ("TESTS-DIR", "TEST-FILE", "CONFTEST", "LATIN1-TEXT", "LICENSE-TEXT", "HUGE-DOC", "6.25",
+                   "entry points", "SYNTAX-ERROR", "Summary:", "META-SPACE", "\u2581"):
+        assert absent not in joined, absent
+    # docs: one README and one long description (the copies differ only in whitespace)
+    assert sum("Foo is a library" in " ".join(t.split()) for t in book) == 1
+    assert sum("two paragraphs" in " ".join(t.split()) for t in book) == 1
+    assert len(book) == 2 and len(texts) == len(set(texts))
+
+    # the API: deterministic, byte for byte; what dedup removed: a README copy, a METADATA copy,
+    # the repeated docstrings, the vendored module left with none of its own
+    res = build_demo_corpus(DemoCorpusConfig(output=tmp_path / "api", sources=("packages",),
+                                             site_packages=(fake_site,), docs_per_file=2))
+    assert tree_hashes(tmp_path / "api") == tree_hashes(out)
+    assert res.by_source == {"RedPajamaBook": 2, "RedPajamaGitHub": len(github)} and res.distributions == 2
+    assert sum(res.bytes_by_source.values()) == res.text_bytes == len(joined.encode())
+    st = res.dedup
+    assert st is not None and (st.documents, st.emptied) == (2, 1) and st.docstrings == 5, st
+    assert res.capped == {}
+
+    # --max-mb: a prefix of the same document order (dedup included)
+    capped = build_demo_corpus(DemoCorpusConfig(output=tmp_path / "cap", sources=("packages",),
+                                                site_packages=(fake_site,), max_mb=res.text_bytes * 0.6 / 1e6))
+    capped_texts = [r["text"] for r in corpus_records(tmp_path / "cap")]
+    assert 0 < len(capped_texts) < len(texts) and capped_texts == texts[:len(capped_texts)]
+    assert capped.text_bytes <= res.text_bytes * 0.6
+    # --max-mb-per-dist: a distribution stops contributing at its cap
+    small = build_demo_corpus(DemoCorpusConfig(output=tmp_path / "dist", sources=("packages",),
+                                               site_packages=(fake_site,), max_mb_per_dist=150e-6))
+    assert set(small.capped) == {"foo", "bar"} and all(v <= 150 for v in small.capped.values())
+    assert small.text_bytes < res.text_bytes
+
+
+def test_demo_corpus_sources_option(fake_site, tmp_path, capsys):
+    # the default is --sources stdlib: no packages, no dedup (the demo corpus is unchanged)
+    a, b = tmp_path / "default", tmp_path / "stdlib"
+    assert main(["demo-corpus", "--output", str(a), "--max-mb", "0.3"]) == 0
+    assert main(["demo-corpus", "--output", str(b), "--max-mb", "0.3", "--sources", "stdlib",
+                 "--site-packages", str(fake_site)]) == 0
+    printed = capsys.readouterr().out
+    assert "dedup" not in printed and "packages:" not in printed
+    assert tree_hashes(a) == tree_hashes(b)
+    # both sources: stdlib and package documents in one corpus, deduplicated together
+    c = tmp_path / "both"
+    assert main(["-q", "demo-corpus", "--output", str(c), "--sources", "packages,stdlib",
+                 "--site-packages", str(fake_site)]) == 0
+    texts = [r["text"] for r in corpus_records(c)]
+    assert any(t.startswith("# module json\n") for t in texts) and any(SHARED_DOC in t for t in texts)
+    assert len(texts) == len(set(texts)) and "dedup removed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["-q", "demo-corpus", "--output", str(c), "--sources", "stdlib,nope"])
+    capsys.readouterr()
+    assert main(["-q", "demo-corpus", "--output", str(c), "--sources", "packages",
+                 "--site-packages", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # tokenizer
 

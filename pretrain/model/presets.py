@@ -65,6 +65,21 @@ def demo() -> GPTConfig:
     return GPTConfig(d_model=128, n_layers=4, n_heads=4, max_seq_len=256, tie_embeddings=True)
 
 
+@register_preset("cpu-s")
+def cpu_s() -> GPTConfig:
+    """The experiment harness's CPU model: the D2Z architecture (ALiBi, SwiGLU, LayerNorm, tied
+    embeddings, muP with base width = width, so the muP multipliers apply at ratio 1) at d_model 48,
+    2 layers, 2 heads of 24, sequence 128. With a 1024-piece vocabulary: ~0.10M parameters, ~0.7
+    MFLOP per token, so a 20-TPP run (2.1M tokens) takes about 1.5 minutes on one CPU core.
+    (protocols.md proposed d_model 64: 0.17M parameters cost 2.6x more per TPP, and the D2Z grid then
+    does not fit an hour on 2 cores.)
+    """
+    return GPTConfig(
+        d_model=48, n_layers=2, n_heads=2, d_ff=128, max_seq_len=128, norm="layernorm", pos="alibi",
+        mlp="swiglu", tie_embeddings=True, bias=False, mup=MuPConfig(base_width=48),
+    )
+
+
 # ---- Phi-3-mini ---------------------------------------------------------------------------
 
 

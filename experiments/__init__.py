@@ -1,0 +1,44 @@
+"""Experiment harness: the papers' LR-schedule studies from one command.
+
+A study module (``skiplr``, ``d2z``, ``wsd``, ``forecast``) has ``build(scale, seeds) -> Study``: its base config
+per scale, its grid of runs and branches, and its report. :mod:`experiments.runner` runs what is not yet
+finished; :mod:`experiments.estimate` prices a study before it runs; :mod:`experiments.stats` holds the
+statistics. Importing this package imports neither torch nor DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Optional, Sequence
+
+from .study import Study
+
+_MODULES = ("skiplr", "d2z", "wsd")
+
+
+class _Registry(dict):
+    """Study name -> module, imported on first use."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{name}")
+
+    def items(self):
+        return [(n, self[n]) for n in self]
+
+
+STUDIES: dict[str, ModuleType] = _Registry.fromkeys(_MODULES)  # type: ignore[assignment]
+
+
+def build_study(name: str, scale: str = "cpu", *, seeds: Optional[int] = None, overrides: Sequence[str] = (),
+                out: Optional[Path] = None, full_grid: bool = False) -> Study:
+    """Study ``name`` at ``scale``, with ``overrides`` added to every run (after the study's own: they win)."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
+    study: Study = STUDIES[name].build(scale, seeds=seeds, out=out, full_grid=full_grid, overrides=overrides)
+    if overrides:
+        runs = [dataclasses.replace(r, overrides=tuple(r.overrides) + tuple(overrides)) for r in study.runs]
+        study = dataclasses.replace(study, runs=runs)
+    return study

@@ -1,0 +1,24 @@
+"""Figures of the study reports (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+
+def save_figure(path: Path, draw: Callable[..., Any], *args: Any, size: tuple[float, float] = (10, 3.6)) -> Path:
+    """``draw(fig, *args)`` on a new figure, saved as ``path`` (PNG) and closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=size)
+    try:
+        draw(fig, *args)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,412 @@
+"""Running a study: every run once, K at a time, resumable, with a progress bar over the whole study.
+
+Layout of the output directory::
+
+    OUT/runs/<key>/            one run directory per run (the trainer's layout), named by the run's hash
+    OUT/runs/<key>/experiment.json   written last, atomically, when the run ended (done or diverged)
+    OUT/runs.csv               one row per run
+    OUT/report.md, OUT/*.png   the study's report
+
+A run whose ``experiment.json`` exists is never redone. A run without it is (re)started with the same
+command; the trainer resumes it from its newest complete checkpoint. A branch starts from its parent's
+permanent checkpoint at the branch step, so nothing before the branch point is recomputed.
+
+Execution: ``slots=1`` runs in this process, one run after the other (no launch cost). ``slots=K`` starts
+K runs at a time as ``python pretrain.py`` processes with the cores divided among them; with GPUs, one
+run per GPU (``CUDA_VISIBLE_DEVICES``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .study import RunSpec, Study
+
+RESULT = "experiment.json"
+REPO = Path(__file__).resolve().parent.parent
+EXIT_UNSTABLE = 4  # pretrain.trainer.EXIT_UNSTABLE: the run diverged (too many non-finite updates)
+EXIT_INCOMPLETE = 75  # pretrain.training.control.EXIT_INCOMPLETE: stopped by a signal, saved
+
+
+class StudyInterrupted(RuntimeError):
+    """A run was stopped by a signal (and saved): rerun the same command to continue."""
+
+
+@dataclass
+class RunRecord:
+    """A run of the study and, once it ended, its outcome."""
+
+    spec: RunSpec
+    key: str
+    run_dir: Path
+    status: str = "pending"  # pending | done | diverged | failed | skipped
+    final_val_loss: float = math.nan
+    best_val_loss: float = math.nan
+    final_train_loss: float = math.nan
+    tokens: int = 0
+    steps: int = 0
+    wall_s: float = 0.0
+    error: str = ""
+    _metrics: Optional[list[dict[str, Any]]] = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "diverged")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The run's per-update records, one per step (a resumed run's repeated steps: the last one)."""
+        if self._metrics is None:
+            from pretrain.rundir import read_metrics
+
+            path = self.run_dir / "metrics.jsonl"
+            by_step: dict[int, dict[str, Any]] = {}
+            if path.is_file():
+                for rec in read_metrics(self.run_dir):
+                    if "step" in rec:
+                        by_step.setdefault(int(rec["step"]), {}).update(rec)
+            self._metrics = [by_step[s] for s in sorted(by_step)]
+        return self._metrics
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of metric ``key`` where it was logged."""
+        steps, values = [], []
+        for rec in self.metrics():
+            if key in rec and rec[key] is not None:
+                steps.append(int(rec["step"]))
+                values.append(float(rec[key]))
+        return steps, values
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "label": self.spec.label, "key": self.key, "status": self.status, **dict(self.spec.params),
+            "final_val_loss": self.final_val_loss, "best_val_loss": self.best_val_loss,
+            "final_train_loss": self.final_train_loss, "tokens": self.tokens, "steps": self.steps,
+            "wall_s": round(self.wall_s, 1), "run_dir": str(self.run_dir),
+            "parent": self.spec.parent or "", "branch_step": self.spec.branch_step or "",
+            "overrides": " ".join(self.spec.overrides), "error": self.error,
+        }
+
+    def load(self) -> "RunRecord":
+        """Fill the outcome from ``experiment.json`` when the run has ended."""
+        path = self.run_dir / RESULT
+        if path.is_file():
+            data = json.loads(path.read_text())
+            for name in ("status", "final_val_loss", "best_val_loss", "final_train_loss", "tokens", "steps", "wall_s", "error"):
+                if name in data:
+                    setattr(self, name, data[name] if data[name] is not None else math.nan)
+        return self
+
+    def conclude(self, status: str, wall_s: float, error: str = "") -> None:
+        """Read the outcome from the run's metrics and write ``experiment.json`` (atomically, last)."""
+        from data_prep.fsutil import atomic_write_bytes
+
+        self._metrics = None
+        _, val = self.series("val_loss")
+        _, train = self.series("loss")
+        last = self.metrics()[-1] if self.metrics() else {}
+        self.status, self.wall_s, self.error = status, wall_s, error
+        finite = [v for v in val if math.isfinite(v)]
+        diverged = status == "diverged"
+        self.final_val_loss = math.nan if diverged or not val else val[-1]
+        self.best_val_loss = math.nan if diverged or not finite else min(finite)
+        self.final_train_loss = math.nan if diverged or not train else train[-1]
+        self.tokens, self.steps = int(last.get("tokens", 0)), int(last.get("step", 0))
+        data = {k: v for k, v in self.row().items() if k in (
+            "status", "final_val_loss", "best_val_loss", "final_train_loss", "tokens", "steps", "wall_s", "error",
+            "label", "key")}
+        data = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
+        atomic_write_bytes(self.run_dir / RESULT, (json.dumps(data, indent=2) + "\n").encode())
+
+
+@dataclass
+class StudyResults:
+    """The runs of a study, by label, for its report."""
+
+    study: Study
+    records: dict[str, RunRecord]
+    out: Path
+
+    def __getitem__(self, label: str) -> RunRecord:
+        return self.records[label]
+
+    def select(self, **params: Any) -> list[RunRecord]:
+        """The runs whose params match every given value."""
+        return [r for r in self.records.values() if all(r.spec.params.get(k) == v for k, v in params.items())]
+
+    def values(self, key: str) -> list[Any]:
+        """The distinct values of param ``key``, in the order the study lists them."""
+        seen: list[Any] = []
+        for r in self.records.values():
+            v = r.spec.params.get(key)
+            if key in r.spec.params and v not in seen:
+                seen.append(v)
+        return seen
+
+
+# -- planning a run's overrides ---------------------------------------------------------------------
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: float) -> list[str]:
+    """The run's overrides plus where it writes, what it keeps for its branches, and where it branches from."""
+    key = study.key(run)
+    extra = [f"run_dir={out / 'runs' / key}", f"name={study.name}-{key}",
+             f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1"]
+    steps = sorted({c.branch_step for c in study.children(run)} | set(run.keep))
+    if steps:
+        extra.append(f"checkpoint.permanent=[{','.join(map(str, steps))}]")
+    if run.parent is not None:
+        parent_dir = out / "runs" / study.key(study.spec(run.parent))
+        extra.append(f"checkpoint.branch_from={checkpoint_dir(parent_dir, run.branch_step)}")
+    return list(run.overrides) + extra
+
+
+# -- execution ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2, so C++ and DeepSpeed output too) go to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _last_step(run_dir: Path) -> int:
+    """The step of the last record in ``metrics.jsonl`` (0 if none), reading only its end."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+class Runner:
+    """Runs what a study still needs, in dependency order, and collects every run's outcome."""
+
+    def __init__(self, study: Study, out: Path, *, slots: int = 1, gpus: int = 0, checkpoint_minutes: float = 2.0,
+                 total_steps: Optional[dict[str, int]] = None, progress: bool = True):
+        self.study, self.out = study, Path(out)
+        self.slots = max(1, gpus or slots)
+        self.gpus = gpus
+        self.checkpoint_minutes = checkpoint_minutes
+        self.total_steps = total_steps or {}
+        self.progress = progress
+        self.records = {
+            r.label: RunRecord(r, study.key(r), self.out / "runs" / study.key(r)).load() for r in study.runs
+        }
+
+    # The run's steps trained by this study (a branch's steps before its branch point are its parent's).
+    def _own_steps(self, rec: RunRecord, step: int) -> int:
+        return max(0, step - (rec.spec.branch_step or 0))
+
+    def run(self) -> StudyResults:
+        self.out.mkdir(parents=True, exist_ok=True)
+        todo = [r for r in self.records.values() if not r.finished]
+        if todo:
+            self._clean_stale_shared_memory()
+        bar, stop = self._progress()
+        try:
+            for wave in self.study.waves():
+                pending = [self.records[s.label] for s in wave if not self.records[s.label].finished]
+                ready = []
+                for rec in pending:
+                    parent = self.records.get(rec.spec.parent or "")
+                    if parent is not None and parent.status != "done":
+                        rec.status, rec.error = "skipped", f"its parent {parent.spec.label!r} is {parent.status}"
+                    else:
+                        ready.append(rec)
+                if self.slots == 1:
+                    for rec in ready:
+                        self._run_in_process(rec)
+                else:
+                    self._run_processes(ready)
+        finally:
+            stop.set()
+            if bar is not None:
+                bar.refresh()
+                bar.close()
+            self.write_csv()
+        return StudyResults(self.study, self.records, self.out)
+
+    def results(self) -> StudyResults:
+        """The runs as they are, without training: a run that reached its last step elsewhere (a SLURM array
+        job) is concluded from its metrics."""
+        for rec in self.records.values():
+            own = self.total_steps.get(rec.spec.label)
+            if not rec.finished and own and _last_step(rec.run_dir) >= own + (rec.spec.branch_step or 0):
+                rec.conclude("done", 0.0)
+        self.write_csv()
+        return StudyResults(self.study, self.records, self.out)
+
+    def write_csv(self) -> Path:
+        from data_prep.fsutil import atomic_write_bytes
+        import io
+
+        rows = [r.row() for r in self.records.values()]
+        names: list[str] = []
+        for row in rows:
+            names += [k for k in row if k not in names]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+        path = self.out / "runs.csv"
+        atomic_write_bytes(path, buf.getvalue().encode())
+        return path
+
+    # -- one run in this process --------------------------------------------------------------------
+
+    def _run_in_process(self, rec: RunRecord) -> None:
+        from pretrain import train
+        from pretrain.trainer import LaunchError
+
+        rec.run_dir.mkdir(parents=True, exist_ok=True)
+        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes)
+        t0 = time.time()
+        status, error = "done", ""
+        with _output_to(rec.run_dir / "train.log"):
+            try:
+                result = train(self.study.config, overrides)
+                if result.code == EXIT_INCOMPLETE:
+                    status = "interrupted"
+            except LaunchError as e:
+                status, error = ("diverged" if e.code == EXIT_UNSTABLE else "failed"), str(e)
+            except Exception as e:  # a bad config or a bug: this run failed, the others still run
+                import traceback
+
+                traceback.print_exc()
+                status, error = "failed", f"{type(e).__name__}: {e}"
+        self._finish(rec, status, time.time() - t0, error)
+
+    # -- K runs at a time, as processes -------------------------------------------------------------
+
+    def _command(self, rec: RunRecord) -> list[str]:
+        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes)
+        return [sys.executable, str(REPO / "pretrain.py"), "--config", str(self.study.config), *overrides]
+
+    def _run_processes(self, ready: list[RunRecord]) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // self.slots)
+        queue = list(ready)
+        running: dict[int, tuple[RunRecord, subprocess.Popen, float, Any]] = {}
+        free = list(range(self.slots))
+        try:
+            while queue or running:
+                while queue and free:
+                    slot, rec = free.pop(0), queue.pop(0)
+                    rec.run_dir.mkdir(parents=True, exist_ok=True)
+                    env = dict(os.environ, PRETRAIN_THREADS=str(threads), PRETRAIN_CLEAN_STALE_SHM="0",
+                               PYTHONUNBUFFERED="1")
+                    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+                        env.pop(var, None)
+                    if self.gpus:
+                        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                    log = open(rec.run_dir / "train.log", "ab")
+                    proc = subprocess.Popen(self._command(rec), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    running[slot] = (rec, proc, time.time(), log)
+                time.sleep(0.5)
+                for slot, (rec, proc, t0, log) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    del running[slot]
+                    free.append(slot)
+                    status = {0: "done", EXIT_UNSTABLE: "diverged", EXIT_INCOMPLETE: "interrupted"}.get(code, "failed")
+                    error = "" if status == "done" else f"exit code {code}: {_tail(rec.run_dir / 'train.log', 5)}"
+                    self._finish(rec, status, time.time() - t0, error)
+        finally:
+            for rec, proc, _, log in running.values():  # interrupted: the runs save and stop (exit 75)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                log.close()
+
+    def _finish(self, rec: RunRecord, status: str, wall_s: float, error: str) -> None:
+        if status == "interrupted":
+            raise StudyInterrupted(f"run {rec.spec.label} was stopped and saved; rerun the same command to continue")
+        if status in ("done", "diverged"):
+            rec.conclude(status, wall_s, error)
+        else:
+            rec.status, rec.wall_s, rec.error = status, wall_s, error
+            print(f"\nrun {rec.spec.label} ({rec.key}) failed: {error}\n  log: {rec.run_dir / 'train.log'}",
+                  file=sys.stderr, flush=True)
+
+    # -- shared memory and progress -------------------------------------------------------------------
+
+    def _clean_stale_shared_memory(self) -> None:
+        """Once, before any run: what killed data loaders left behind (runs then leave each other's alone)."""
+        if self.slots > 1:
+            from streaming.base.util import clean_stale_shared_memory
+
+            clean_stale_shared_memory()
+
+    def _progress(self):
+        stop = threading.Event()
+        total = sum(self.total_steps.get(label, 0) for label in self.records)
+        if not self.progress or not total:
+            return None, stop
+        from tqdm import tqdm
+
+        def done_steps() -> int:
+            n = 0
+            for rec in self.records.values():
+                if rec.finished:
+                    n += self.total_steps.get(rec.spec.label, 0)
+                elif rec.run_dir.is_dir():
+                    n += self._own_steps(rec, _last_step(rec.run_dir))
+            return min(n, total)
+
+        stream = os.fdopen(os.dup(2), "w")  # the terminal, even while a run's output goes to its log
+        bar = tqdm(total=total, initial=done_steps(), unit="step", desc=self.study.name, file=stream,
+                   dynamic_ncols=True, smoothing=0.05)  # the rate and ETA count only what this invocation trains
+
+        def poll() -> None:
+            while not stop.wait(2.0):
+                bar.update(done_steps() - bar.n)
+
+        threading.Thread(target=poll, daemon=True).start()
+        return bar, stop

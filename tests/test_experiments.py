@@ -1,0 +1,137 @@
+"""The experiment harness end to end on tiny real data: every study runs, reports, and resumes without redoing runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import build_study
+from experiments.__main__ import main as experiments_main
+from experiments.runner import RESULT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "runs.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_names_hash_what_determines_the_result():
+    study = build_study("d2z", "tiny")
+    keys = {r.label: study.key(r) for r in study.runs}
+    assert len(set(keys.values())) == len(keys)  # every run has its own name
+    again = build_study("d2z", "tiny", overrides=["logging.interval=5", "run_dir=/elsewhere"])
+    assert {r.label: again.key(r) for r in again.runs} == keys  # where it writes does not name it
+    other = build_study("d2z", "tiny", overrides=["optimizer.weight_decay=0.2"])
+    assert all(other.key(r) != keys[r.label] for r in other.runs)
+    skip = build_study("skiplr", "tiny")
+    phi3 = next(r for r in skip.runs if r.params["role"] == "phi3")
+    phi2 = next(r for r in skip.runs if r.params["role"] == "phi2" and r.params["seed"] == phi3.params["seed"])
+    assert phi3.overrides == phi2.overrides and skip.key(phi3) != skip.key(phi2)  # the branch point names it
+
+
+def test_dry_run_shows_the_full_scale_plan_without_data(capsys):
+    assert experiments_main(["wsd", "--scale", "full", "--dry-run", "--no-calibrate", "--out", "/nonexistent"]) == 0
+    out = capsys.readouterr().out
+    assert "data missing: data/slimpajama/tokens" in out
+    line = next(l for l in out.splitlines() if l.startswith("seed0/Linear-D2Z/tpp80"))
+    cols = line.split()
+    assert cols[2] == "616.77M" and cols[5] == "80.0"  # params, TPP
+    assert int(cols[3]) == -(-80 * 616_770_000 // (504 * 2048)) or abs(int(cols[3]) - 47803) <= 1  # steps from TPP
+    # alpha x T with muP: the hidden matrices' LR is the base LR / m, m = 2048 / 256
+    assert float(cols[7]) == pytest.approx(0.016 / 8 * 0.1 * int(cols[3]), rel=0.01)
+    assert "<- seed0/main@" in out
+
+
+def test_d2z_tiny_runs_reports_and_reuses_finished_runs(tiny_data, tmp_path, capsys):
+    out = tmp_path / "d2z"
+    args = ["d2z", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}", "--set", "eval.max_samples=16"]
+    assert experiments_main(args + ["--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "time: calibrated (fp32" in dry
+    assert "training tokens" in dry
+    assert experiments_main(args) == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert all(float(r["final_val_loss"]) > 0 and int(r["steps"]) > 0 for r in rows)
+    report = (out / "report.md").read_text()
+    assert "Delta = (best Linear-10x - best Linear-D2Z)" in report and "### Verdicts" in report
+    assert (out / "d2z_loss_vs_lr.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/{RESULT}")}
+    assert len(stamps) == 4
+    assert experiments_main(args) == 0  # nothing left to train: every run is reused
+    assert {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/{RESULT}")} == stamps
+    assert "0 to train" in capsys.readouterr().out
+
+
+def test_skiplr_killed_mid_study_resumes_without_redoing_finished_runs(tiny_data, tmp_path):
+    out = tmp_path / "skiplr"
+    args = ["skiplr", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}",
+            "--set", "eval.max_samples=16", "--no-calibrate"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "experiments", *args, "--slots", "2"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list(out.glob(f"runs/*/{RESULT}")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the study finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the harness and its runs, mid-study
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/{RESULT}")}
+    assert 1 <= len(finished) < 3
+    assert experiments_main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # reused, not redone
+    rows = _rows(out)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    phi3 = [r for r in rows if r["role"] == "phi3"]
+    assert all(r["parent"].endswith("phi1") and r["branch_step"] == "10" for r in phi3)
+    for r in phi3:  # a branch trains only after its branch point, from its parent's checkpoint
+        lineage = json.loads((Path(r["run_dir"]) / "lineage.json").read_text())
+        assert "step_00000010" in json.dumps(lineage)
+    report = (out / "report.md").read_text()
+    assert "placebo: Phi1 vs Phi2" in report and "Trans.%" in report
+
+
+def test_wsd_tiny_branches_cooldowns_and_merges(tiny_data, tmp_path):
+    out = tmp_path / "wsd"
+    args = ["wsd", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}",
+            "--set", "eval.max_samples=16", "--no-calibrate"]
+    assert experiments_main(args) == 0
+    rows = _rows(out)
+    assert {r["status"] for r in rows} == {"done"}
+    main = next(r for r in rows if r["role"] == "main")
+    cooldowns = [r for r in rows if r["role"].startswith("cooldown")]
+    assert cooldowns and all(r["parent"] == main["label"] for r in cooldowns)
+    assert all(int(r["steps"]) == int(r["branch_step"]) + round(0.2 * int(r["steps"])) or r["tpp"] == "wsm"
+               for r in cooldowns)
+    report = (out / "report.md").read_text()
+    assert "WSM: the uniform merge" in report and "merged " in report
+    assert "% saved per seed" in report
+
+
+def test_emit_slurm_writes_one_array_per_wave(tmp_path):
+    assert experiments_main(["skiplr", "--scale", "full", "--seeds", "2", "--emit-slurm", "--out", str(tmp_path)]) == 0
+    waves = sorted((tmp_path / "slurm").glob("wave*.txt"))
+    assert [w.name for w in waves] == ["wave0.txt", "wave1.txt"]
+    assert len(waves[0].read_text().splitlines()) == 4 and len(waves[1].read_text().splitlines()) == 2
+    assert all("checkpoint.branch_from=" in line for line in waves[1].read_text().splitlines())
+    assert all("checkpoint.permanent=[2500]" in l for l in waves[0].read_text().splitlines() if "optimizer.lr=1e-06" in l)
+    script = (tmp_path / "slurm" / "wave1.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and "slurm_pretrain.sbatch" in script and "--requeue" in script
+    submit = (tmp_path / "slurm" / "submit.sh").read_text()
+    assert submit.count("sbatch --parsable") == 2 and "afterok" in submit
+    res = subprocess.run(["bash", "-n", str(tmp_path / "slurm" / "wave0.sbatch")], capture_output=True)
+    assert res.returncode == 0, res.stderr
