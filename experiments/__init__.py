@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from .study import Study
 
-_MODULES = ("skiplr", "d2z", "wsd")
+_MODULES = ("skiplr", "d2z", "wsd", "forecast")
 
 
 class _Registry(dict):

@@ -94,15 +94,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .runner import Runner, StudyInterrupted
 
-    runner = Runner(study, out, slots=args.slots, gpus=args.gpus, checkpoint_minutes=args.checkpoint_minutes,
-                    total_steps=study_plan.steps())
-    print(f"study {study.name} ({args.scale}): {len(study.runs)} runs, "
-          f"{sum(not r.finished for r in runner.records.values())} to train; output in {out}", flush=True)
-    try:
-        results = runner.run() if not args.report_only else runner.results()
-    except (StudyInterrupted, KeyboardInterrupt) as e:
-        print(f"\nstopped: {e or 'interrupted'}; rerun the same command to continue", file=sys.stderr)
-        return 75
+    while True:
+        runner = Runner(study, out, slots=args.slots, gpus=args.gpus, checkpoint_minutes=args.checkpoint_minutes,
+                        total_steps=study_plan.steps())
+        print(f"study {study.name} ({args.scale}): {len(study.runs)} runs, "
+              f"{sum(not r.finished for r in runner.records.values())} to train; output in {out}", flush=True)
+        try:
+            results = runner.run() if not args.report_only else runner.results()
+        except (StudyInterrupted, KeyboardInterrupt) as e:
+            print(f"\nstopped: {e or 'interrupted'}; rerun the same command to continue", file=sys.stderr)
+            return 75
+        if not study.dynamic or args.report_only:
+            break
+        again = build_study(args.study, args.scale, seeds=args.seeds, overrides=args.overrides, out=out,
+                            full_grid=args.full_grid)  # runs that depend on the finished ones (forecast: the optimum)
+        if {r.label for r in again.runs} <= {r.label for r in study.runs}:
+            break
+        study, study_plan = again, plan(again, slots=args.gpus or args.slots, calibrate=False)
     from .report import write_report
 
     path = write_report(results, study_plan)

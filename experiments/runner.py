@@ -160,18 +160,32 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
 
 
-def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: float) -> list[str]:
-    """The run's overrides plus where it writes, what it keeps for its branches, and where it branches from."""
+def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: float,
+                     dirs: Optional[dict[str, Path]] = None) -> list[str]:
+    """The run's overrides plus where it writes, what it keeps for its branches, and where it branches from.
+    ``dirs``: run directories by label where they are not ``OUT/runs/<key>`` (runs reused from another study)."""
     key = study.key(run)
-    extra = [f"run_dir={out / 'runs' / key}", f"name={study.name}-{key}",
+    dirs = dirs or {}
+    extra = [f"run_dir={dirs.get(run.label, out / 'runs' / key)}", f"name={study.name}-{key}",
              f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1"]
     steps = sorted({c.branch_step for c in study.children(run)} | set(run.keep))
     if steps:
         extra.append(f"checkpoint.permanent=[{','.join(map(str, steps))}]")
     if run.parent is not None:
-        parent_dir = out / "runs" / study.key(study.spec(run.parent))
+        parent_dir = dirs.get(run.parent, out / "runs" / study.key(study.spec(run.parent)))
         extra.append(f"checkpoint.branch_from={checkpoint_dir(parent_dir, run.branch_step)}")
     return list(run.overrides) + extra
+
+
+def find_run_dir(out: Path, key: str) -> Path:
+    """``OUT/runs/<key>``, or a finished run of the same name in a sibling study's output (``OUT/../*/runs/<key>``):
+    a run is never trained twice, whichever study asked for it first."""
+    own = out / "runs" / key
+    if not (own / RESULT).is_file() and out.parent.is_dir():
+        for other in sorted(out.parent.glob(f"*/runs/{key}/{RESULT}")):
+            if other.parent.parent.parent != out:
+                return other.parent
+    return own
 
 
 # -- execution ---------------------------------------------------------------------------------------
@@ -232,9 +246,8 @@ class Runner:
         self.checkpoint_minutes = checkpoint_minutes
         self.total_steps = total_steps or {}
         self.progress = progress
-        self.records = {
-            r.label: RunRecord(r, study.key(r), self.out / "runs" / study.key(r)).load() for r in study.runs
-        }
+        self.records = {r.label: RunRecord(r, study.key(r), find_run_dir(self.out, study.key(r))).load() for r in study.runs}
+        self.dirs = {label: rec.run_dir for label, rec in self.records.items()}
 
     # The run's steps trained by this study (a branch's steps before its branch point are its parent's).
     def _own_steps(self, rec: RunRecord, step: int) -> int:
@@ -302,7 +315,7 @@ class Runner:
         from pretrain.trainer import LaunchError
 
         rec.run_dir.mkdir(parents=True, exist_ok=True)
-        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes)
+        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)
         t0 = time.time()
         status, error = "done", ""
         with _output_to(rec.run_dir / "train.log"):
@@ -322,7 +335,7 @@ class Runner:
     # -- K runs at a time, as processes -------------------------------------------------------------
 
     def _command(self, rec: RunRecord) -> list[str]:
-        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes)
+        overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)
         return [sys.executable, str(REPO / "pretrain.py"), "--config", str(self.study.config), *overrides]
 
     def _run_processes(self, ready: list[RunRecord]) -> None:

@@ -54,6 +54,7 @@ class Study:
     runs: list[RunSpec]
     report: Callable[["StudyResults", Path], str]  # writes figures into the directory, returns report.md's text
     notes: list[str] = field(default_factory=list)  # said in the dry run and the report (what this scale cannot show)
+    dynamic: bool = False  # its runs depend on finished runs (build again after running, until nothing new appears)
 
     def __post_init__(self):
         labels = [r.label for r in self.runs]

@@ -18,7 +18,7 @@ import torch
 from pretrain import faults
 from pretrain.checkpoint import CheckpointDir, CheckpointError, weights_only_loading
 from pretrain.schedules import ScheduleConfig
-from tests.conftest import ROOT, free_port, run_cli, run_pretrain, tiny_overrides
+from tests.conftest import ROOT, free_port, run_cli, run_pretrain, run_ranks, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 pytestmark = pytest.mark.distributed
@@ -36,7 +36,7 @@ def launch(tiny_data, run_dir: Path, nproc: int = 2, extra_args=(), env=None, **
     args = ["--config", DEMO, *extra_args, *tiny_overrides(tiny_data, run_dir, **overrides)]
     if nproc == 1:
         return run_pretrain(args, env=env)  # in this process: no interpreter start per run
-    return run_cli(ranks_cmd(nproc) + ["pretrain.py", *args], env=env)
+    return run_ranks(args, nproc, env=env)  # the ranks without a launcher process (launchers: test_train, test_multinode)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from pretrain import faults
 from pretrain.training.loop import SpikeDetector
-from tests.conftest import ROOT, free_port, run_cli, run_pretrain, tiny_overrides
+from tests.conftest import ROOT, run_pretrain, run_ranks, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 
@@ -22,9 +21,7 @@ def records(run_dir: Path) -> list[dict]:
 @pytest.mark.distributed
 def test_non_finite_update_is_skipped_on_all_ranks(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-           "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir)]
-    res = run_cli(cmd, env=faults.arm({"train.nan_loss": [3]}))
+    res = run_ranks(["--config", DEMO, *tiny_overrides(tiny_data, run_dir)], 2, env=faults.arm({"train.nan_loss": [3]}))
     assert res.returncode == 0, res.stderr[-4000:]
     recs = records(run_dir)
     assert [r["step"] for r in recs] == list(range(1, 7))

@@ -1,0 +1,236 @@
+"""Predict a schedule's loss before paying for it: fit a loss law on runs, forecast schedules, search one.
+
+    python -m pretrain.forecast fit RUN_DIR... [--law mpl|annealing] [--out law.json] [--plot fit.png]
+    python -m pretrain.forecast predict law.json --config RUN.yaml [--compare SPEC ...] [--out forecast.png] [KEY=VALUE ...]
+    python -m pretrain.forecast optimize law.json --config RUN.yaml [--family wsd|linear|cosine|steps|all]
+        [--out best_schedule.yaml] [--plot optimized.png] [KEY=VALUE ...]
+
+SPEC is the syntax of ``python -m pretrain.schedules --compare``: ``name[:key=value,...]``; each
+spec keeps the run's budget, warmup and peak LR. The laws are in pretrain/forecast/laws.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from ..config_loader import ConfigError
+from ..schedules.__main__ import label, parse_spec
+from .fit import FittedLaw, ForecastError, fit_law, read_run
+from .laws import get_law
+from .optimize import FAMILIES, lrs_for_config, optimize_schedule, schedule_override, schedule_yaml
+
+if TYPE_CHECKING:
+    from ..run_config import RunConfig
+
+PLOT_POINTS = 600  # steps at which a curve is drawn (and the last one)
+
+
+def _fit(args) -> int:
+    runs = [read_run(d, args.metric) for d in args.run_dirs]
+    law = fit_law(runs, args.law, skip_fraction=args.skip_fraction, max_points=args.max_points, starts=args.starts,
+                  seed=args.seed, huber_delta=args.huber_delta)
+    spec, d = get_law(law.law), law.diagnostics
+    print(f"fitted {law.law} to {len(runs)} run(s), {d['points']} points (parameters in absolute-LR units):")
+    for name in spec.params:
+        rse = d["rel_se"].get(name)
+        print(f"  {name:<6} = {law.params[name]:<12.6g} " + (f"(±{rse:.1%})" if rse is not None else "(undetermined)"))
+    print(f"in-sample: RMSE {d['rmse']:.4g}, mean relative error {d['mean_rel_err']:.3%}, max {d['max_rel_err']:.3%}")
+    for r, src in zip(d["runs"], law.sources):
+        print(f"  {r['name']}: {src['max_steps']} updates, peak LR {src['peak_lr']:.3g}, {r['points']} points, "
+              f"RMSE {r['rmse']:.4g}, mean relative error {r['mean_rel_err']:.3%}")
+    for w in law.warnings:
+        print(f"warning: {w}")
+    print(f"wrote {law.save(args.out)}")
+    if args.plot:
+        rows = [(run.name, run.lrs, np.arange(1, run.lrs.size + 1), law.predict(run.lrs), run.steps, run.losses)
+                for run in runs]
+        print(f"wrote {plot(rows, Path(args.plot), f'{law.law} fit to {len(runs)} run(s)')}")
+    return 0
+
+
+def _load(args) -> tuple[FittedLaw, "RunConfig"]:
+    from ..run_config import load_run_config
+
+    law = FittedLaw.load(args.law)
+    cfg = load_run_config(args.config, args.overrides)
+    return law, cfg
+
+
+def _curve(law: FittedLaw, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.unique(np.linspace(1, lrs.size, min(PLOT_POINTS, lrs.size)).round().astype(int))
+    return steps, law.predict(lrs, steps)
+
+
+def _notes(law: FittedLaw, peak_lr: float, T: int) -> None:
+    """Say where a forecast leaves what the law was fit on."""
+    if law.warnings:
+        print("note: the law's fit warned: " + "; ".join(law.warnings))
+    if not law.sources:
+        return
+    peaks = [s["peak_lr"] for s in law.sources]
+    steps = [s["max_steps"] for s in law.sources]
+    if not min(peaks) / 1.5 <= peak_lr <= max(peaks) * 1.5:
+        print(f"note: peak LR {peak_lr:.3g} is outside the fit runs' ({min(peaks):.3g}..{max(peaks):.3g}): an extrapolation")
+    if T > 2 * max(steps):
+        print(f"note: {T} updates is more than twice the longest fit run ({max(steps)}): an extrapolation")
+
+
+def _predict(args) -> int:
+    law, cfg = _load(args)
+    T, peak = cfg.train.max_steps, cfg.optimizer.lr
+    scheds = [(label(cfg.schedule) + " [run]", cfg.schedule)]
+    scheds += [(label(s), s) for s in (parse_spec(spec, cfg.schedule) for spec in args.compare or [])]
+    rows = []
+    for name, s in scheds:
+        try:
+            lrs = lrs_for_config(cfg, s)
+        except ForecastError as e:
+            raise ForecastError(f"{name}: {e}") from None
+        steps, pred = _curve(law, lrs)
+        rows.append((name, lrs, steps, pred, None, None))
+    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {cfg.schedule.warmup_for(T)}; law {law.law} from {args.law}")
+    _notes(law, peak, T)
+    run_final = rows[0][3][-1]
+    print(f"{'schedule':<52} {'final LR':>10} {'predicted final loss':>21} {'vs run':>9}")
+    for name, lrs, _, pred, _, _ in rows:
+        diff = f"{pred[-1] - run_final:+.4f}" if not name.endswith("[run]") else ""
+        print(f"{name:<52} {lrs[-1]:>10.3g} {pred[-1]:>21.4f} {diff:>9}")
+    print(f"wrote {plot(rows, Path(args.out), f'{cfg.name}: {law.law} forecast, {T} updates, peak LR {peak:g}')}")
+    return 0
+
+
+def _optimize(args) -> int:
+    law, cfg = _load(args)
+    T, peak = cfg.train.max_steps, cfg.optimizer.lr
+    run_lrs = lrs_for_config(cfg)
+    W = cfg.schedule.warmup_for(T)
+    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {W}; law {law.law} from {args.law}")
+    _notes(law, peak, T)
+    report: list = []
+    best: Optional[tuple] = None
+    for fam in FAMILIES if args.family == "all" else [args.family]:
+        found = optimize_schedule(law, peak, T, W, fam, alpha=cfg.dual_alpha(), seed=args.seed, report=report)
+        if best is None or found[1] < best[1]:
+            best = found
+    assert best is not None
+    run_final = law.final(run_lrs)
+    print(f"{'family':<14} {'best schedule':<62} {'predicted final loss':>21}")
+    print(f"{'[run]':<14} {label(cfg.schedule):<62} {run_final:>21.4f}")
+    for fam, s, final, _ in report:
+        print(f"{fam:<14} {label(s):<62} {final:>21.4f}")
+    sched, final = best
+    edges = next(r[3] for r in report if r[1] is sched)
+    if edges:
+        print(f"note: the best schedule has {', '.join(edges)} at the end of its searched range: the law may be "
+              "extrapolating (check that its fit runs cover such schedules) or the optimum lies outside the family")
+    comment = (f"python -m pretrain.forecast optimize {args.law} --config {args.config}: the lowest predicted final "
+               f"loss, {final:.4f}\n(the run's own schedule: {run_final:.4f}) at {T} updates, peak LR {peak:g}. "
+               "Replace the run YAML's schedule section with this one.")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(schedule_yaml(sched, comment))
+    print(f"best: {label(sched)}, predicted final loss {final:.4f} ({final - run_final:+.4f} vs the run's schedule)")
+    print(f"wrote {out}; to train with it:\n  python pretrain.py --config {args.config} '{schedule_override(sched)}'")
+    if args.plot:
+        rows = []
+        for name, s in [(label(cfg.schedule) + " [run]", None), (label(sched) + " [best]", sched)]:
+            lrs = lrs_for_config(cfg, s)
+            rows.append((name, lrs, *_curve(law, lrs), None, None))
+        print(f"wrote {plot(rows, Path(args.plot), f'{cfg.name}: {law.law}-optimized schedule, {T} updates')}")
+    return 0
+
+
+def plot(rows, out: Path, title: str) -> Path:
+    """Two panels: LR per update, and loss (predicted lines, observed dots) per update."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from textwrap import fill
+
+    fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
+    lows, highs = [], []
+    for i, (name, lrs, steps, pred, obs_steps, obs) in enumerate(rows):
+        color = f"C{i % 10}"
+        bold = name.endswith("[run]") or name.endswith("[best]")
+        ax_lr.plot(np.arange(1, lrs.size + 1), lrs, color=color, lw=2.2 if bold else 1.2, label=fill(name, 48))
+        ax_loss.plot(steps, pred, color=color, lw=2.2 if bold else 1.2, label=fill(f"{name}: {pred[-1]:.4f}", 48))
+        if obs is not None:
+            ax_loss.scatter(obs_steps, obs, s=3, color=color, alpha=0.35)
+        after = steps >= max(1, int(0.3 * lrs.size))  # the y range: past the steep start
+        lows.append(pred[after].min())
+        highs.append(pred[after].max())
+    if lows:
+        pad = 0.05 * (max(highs) - min(lows) + 1e-9)
+        ax_loss.set_ylim(min(lows) - pad, max(highs) + pad)
+    ax_lr.set(xlabel="update t", ylabel="learning rate", title="LR schedule")
+    observed = any(r[5] is not None for r in rows)
+    ax_loss.set(xlabel="updates t", ylabel="loss",
+                title="loss after t updates" + (" (line: law, dots: observed)" if observed else ", predicted"))
+    for ax in (ax_lr, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain.forecast", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a law to runs' loss curves")
+    f.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    f.add_argument("--law", choices=["mpl", "annealing"], default="mpl")
+    f.add_argument("--out", default="law.json", help="the fitted law (JSON)")
+    f.add_argument("--metric", choices=["loss", "val_loss"], default="loss", help="the curve to fit (default: training loss)")
+    f.add_argument("--skip-fraction", type=float, default=0.1, help="skip this fraction of each run's start (and its warmup)")
+    f.add_argument("--max-points", type=int, default=200, help="at most this many bin medians per run")
+    f.add_argument("--starts", type=int, default=8, help="seeded starting points")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--huber-delta", type=float, default=1e-3, help="Huber threshold on log-loss residuals")
+    f.add_argument("--plot", default=None, help="PNG of the observed and fitted curves")
+    for name, helptext in (("predict", "forecast a run config's schedule and others"),
+                           ("optimize", "search a family of schedules for the lowest predicted final loss")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("law", help="law.json written by fit")
+        s.add_argument("--config", required=True, help="run YAML (its budget, peak LR, warmup and schedule)")
+        s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        if name == "predict":
+            s.add_argument("--compare", nargs="*", default=None, metavar="SPEC", help="schedules name[:key=value,...]")
+            s.add_argument("--out", default="forecast.png", help="PNG to write")
+        else:
+            s.add_argument("--family", choices=[*FAMILIES, "all"], default="wsd")
+            s.add_argument("--seed", type=int, default=0, help="of the search (deterministic for a seed)")
+            s.add_argument("--out", default="best_schedule.yaml", help="the best schedule, a run YAML's schedule section")
+            s.add_argument("--plot", default=None, help="PNG of the run's and the best schedule")
+    args, rest = p.parse_known_args(argv)
+    bad = [r for r in rest if r.startswith("-") or "=" not in r]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (overrides are KEY=VALUE)")
+    if rest and args.command == "fit":
+        p.error(f"fit takes no KEY=VALUE overrides: {' '.join(rest)}")
+    if rest:
+        args.overrides += rest
+    if getattr(args, "compare", None):  # KEY=VALUE after --compare: an override ('=' before any ':'), not a spec
+        is_override = [("=" in c and c.index("=") < (c.index(":") if ":" in c else len(c))) for c in args.compare]
+        args.overrides += [c for c, o in zip(args.compare, is_override) if o]
+        args.compare = [c for c, o in zip(args.compare, is_override) if not o]
+    try:
+        return {"fit": _fit, "predict": _predict, "optimize": _optimize}[args.command](args)
+    except (ForecastError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
