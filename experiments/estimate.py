@@ -138,8 +138,6 @@ def json_key(obj) -> str:
 
 def step_seconds(cfg, slots: int) -> tuple[float, str]:
     """Seconds per micro step (forward, backward, optimizer) of ``cfg``'s model on one slot's share of this machine."""
-    import os
-
     import torch
 
     from pretrain.hardware import choose_precision, detect, peak_flops

@@ -46,34 +46,43 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout:
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_ranks(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python pretrain.py ARGS`` as ``nproc`` ranks on this machine, started the way every launcher starts them
+def spawn_ranks(args: list[str], nproc: int = 2, env: dict | None = None, stdout=None, stderr=None
+                ) -> tuple[list[subprocess.Popen], str]:
+    """Start ``python pretrain.py ARGS`` as ``nproc`` ranks on this machine, the way every launcher starts them
     (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT), without a launcher process.
+    Returns the processes and the rendezvous port."""
+    port = str(free_port())
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    procs = []
+    for rank in range(nproc):
+        rank_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {}), "RANK": str(rank),
+                    "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=rank_env,
+                                      stdout=stdout[rank] if isinstance(stdout, list) else stdout,
+                                      stderr=stderr[rank] if isinstance(stderr, list) else stderr, text=True))
+    return procs, port
+
+
+def run_ranks(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python pretrain.py ARGS`` on ``nproc`` ranks without a launcher process (:func:`spawn_ranks`).
 
     For tests of what the ranks do together (checkpoints, resume, branches); the launchers themselves
     (deepspeed, torchrun, the scripts) have their own tests. Returns the ranks' output (rank 0's first) and
-    an exit code as DeepSpeed's launcher gives it: 0 if every rank returned 0, else the first non-zero one.
+    an exit code as DeepSpeed's launcher gives it: 0 if every rank returned 0, else the first non-zero one;
+    like the launchers, a failed rank takes the others down (after a grace period).
     """
     import tempfile
+    import time
 
-    port = str(free_port())
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    procs, logs = [], []
+    outs = [tempfile.TemporaryFile("w+") for _ in range(nproc)]  # files: a full pipe cannot stall a rank
+    errs = [tempfile.TemporaryFile("w+") for _ in range(nproc)]
+    procs, _ = spawn_ranks(args, nproc, env, outs, errs)
     try:
-        for rank in range(nproc):
-            rank_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {}), "RANK": str(rank),
-                        "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a full pipe cannot stall a rank
-            logs.append((out, err))
-            procs.append(subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=rank_env,
-                                          stdout=out, stderr=err, text=True))
-        import time
-
         deadline, failed_at = time.time() + timeout, None
         while any(p.poll() is None for p in procs) and time.time() < deadline:
             if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
-                failed_at = time.time()  # as the launchers do: a failed rank takes the others down (after a grace)
+                failed_at = time.time()
             if failed_at is not None and time.time() - failed_at > 15:
                 break
             time.sleep(0.05)
@@ -84,15 +93,12 @@ def run_ranks(args: list[str], nproc: int = 2, env: dict | None = None, timeout:
                 p.kill()
                 p.wait()
     texts = []
-    for out, err in logs:
-        out.seek(0)
-        err.seek(0)
-        texts.append((out.read(), err.read()))
-        out.close()
-        err.close()
+    for f in outs + errs:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
     code = next((c if c is not None else -9 for c in codes if c != 0), 0)
-    return subprocess.CompletedProcess(["pretrain.py", *args], code, "".join(o for o, _ in texts),
-                                       "".join(e for _, e in texts))
+    return subprocess.CompletedProcess(["pretrain.py", *args], code, "".join(texts[:nproc]), "".join(texts[nproc:]))
 
 
 def free_port() -> int:

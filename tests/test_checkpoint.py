@@ -18,7 +18,7 @@ import torch
 from pretrain import faults
 from pretrain.checkpoint import CheckpointDir, CheckpointError, weights_only_loading
 from pretrain.schedules import ScheduleConfig
-from tests.conftest import ROOT, free_port, run_cli, run_pretrain, run_ranks, tiny_overrides
+from tests.conftest import ROOT, free_port, run_pretrain, run_ranks, spawn_ranks, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 pytestmark = pytest.mark.distributed
@@ -107,22 +107,22 @@ def test_preemption_signal_saves_the_same_step_on_all_ranks(tiny_data, tmp_path,
 
 
 def _run_until_paused(tiny_data, run_dir: Path, phase: str, nproc: int) -> None:
-    """Launch, wait until the save pauses at ``phase`` (test hook), then kill -9 everything."""
-    cmd = (ranks_cmd(nproc) if nproc > 1 else [sys.executable]) + [
-        "pretrain.py", "--config", DEMO, *tiny_overrides(tiny_data, run_dir, **{**EXACT, "checkpoint.interval": 2})]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **faults.arm({"checkpoint.pause": phase})})
-    deadline = time.time() + 240
-    ckpt = run_dir / "checkpoints"
-    name = phase.split("#")[0].replace("@", "-rank") if "@" in phase else f"{phase.split('#')[0]}-rank0"
-    while not (ckpt / f".paused-{name}").exists():
-        assert proc.poll() is None, f"the run ended before pausing at {phase}"
-        assert time.time() < deadline, f"no pause at {phase}"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    """Start the ranks, wait until the save pauses at ``phase`` (test hook), then kill -9 every rank."""
+    args = ["--config", DEMO, *tiny_overrides(tiny_data, run_dir, **{**EXACT, "checkpoint.interval": 2})]
+    procs, port = spawn_ranks(args, nproc, faults.arm({"checkpoint.pause": phase}), subprocess.DEVNULL, subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        ckpt = run_dir / "checkpoints"
+        name = phase.split("#")[0].replace("@", "-rank") if "@" in phase else f"{phase.split('#')[0]}-rank0"
+        while not (ckpt / f".paused-{name}").exists():
+            assert all(p.poll() is None for p in procs), f"the run ended before pausing at {phase}"
+            assert time.time() < deadline, f"no pause at {phase}"
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.kill()  # SIGKILL
+            p.wait()
     if nproc > 1:  # DeepSpeed's CPU all-reduce buffers of killed ranks stay in /dev/shm (66 MB each)
-        port = cmd[cmd.index("--master_port") + 1]
         for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
             f.unlink(missing_ok=True)
 
