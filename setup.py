@@ -22,6 +22,7 @@ setup(
         "deepspeed>=0.16",
         "mosaicml-streaming>=0.11",
         "sentencepiece>=0.2",
+        "tokenizers>=0.15",  # data_prep tokenize --tokenizer tokenizer.json (Hugging Face tokenizers)
         "pyarrow>=14",
         "zstandard>=0.22",
         "numpy",
@@ -33,8 +34,10 @@ setup(
         "safetensors>=0.4",  # pretrain.export writes model.safetensors
         "scipy>=1.11",  # pretrain.forecast fits loss laws; experiments.stats (Spearman)
     ],
-    # the tests load exported checkpoints with transformers and read them with safetensors
-    extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4"]},
+    # the tests load exported checkpoints with transformers, read them with safetensors, and log offline to wandb
+    # wandb: logging.wandb in the run config (Weights & Biases), optional
+    extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4", "wandb>=0.17"],
+                    "wandb": ["wandb>=0.17"]},
     entry_points={
         "console_scripts": [
             "pretrain=pretrain.main:main",

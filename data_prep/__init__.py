@@ -6,7 +6,8 @@ Subcommands (``python -m data_prep --help``):
                        manual) in SlimPajama's ``train/chunkN/example_train_K.jsonl.zst`` layout;
 * ``train-tokenizer``  train a byte-fallback sentencepiece model with an exact round trip, on a
                        bounded random sample of the inputs;
-* ``tokenize``         tokenize documents, pack them into fixed-length samples and write
+* ``tokenize``         tokenize documents (with a sentencepiece .model or a Hugging Face
+                       tokenizer.json), pack them into fixed-length samples and write
                        mosaicml-streaming MDS shards plus ``manifest.json``: parallel (worker
                        processes over deterministic work units), resumable after a kill, with
                        optional per-source datasets (``--per-source``).
@@ -17,19 +18,22 @@ side effects):
 * :func:`read_manifest` (``data_prep.manifest``) -- read and validate ``DIR/manifest.json``;
 * :func:`read_tokens` (``data_prep.dataset``) -- iterate the packed samples of a split in order
   (``source=`` for one source of a per-source dataset);
-* :func:`token_counts` (``data_prep.dataset``) -- per-token-id counts of a split (unigram stats).
+* :func:`token_counts` (``data_prep.dataset``) -- per-token-id counts of a split (unigram stats);
+* :func:`load_tokenizer` (``data_prep.tokenizer``) -- a sentencepiece ``.model`` or a Hugging Face
+  ``tokenizer.json`` behind one interface (encode, decode, vocab_size, eos_id).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["read_manifest", "read_tokens", "token_counts", "DataPrepError"]
+__all__ = ["read_manifest", "read_tokens", "token_counts", "load_tokenizer", "DataPrepError"]
 
 _LAZY = {
     "read_manifest": ("data_prep.manifest", "read_manifest"),
     "read_tokens": ("data_prep.dataset", "read_tokens"),
     "token_counts": ("data_prep.dataset", "token_counts"),
+    "load_tokenizer": ("data_prep.tokenizer", "load_tokenizer"),
     "DataPrepError": ("data_prep.errors", "DataPrepError"),
 }
 

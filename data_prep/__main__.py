@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files, directories or globs (.jsonl, .jsonl.zst, .jsonl.gz, .json.gz, .txt, .parquet)")
     k.add_argument("--output", required=True, type=Path, help="dataset directory")
     k.add_argument("--tokenizer", required=True, type=Path,
-                   help="sentencepiece .model file (ours, or e.g. Llama's / Phi-3's tokenizer.model)")
+                   help="sentencepiece .model file (ours, or e.g. Llama's / Phi-3's tokenizer.model) or Hugging "
+                        "Face tokenizer.json (e.g. GPT-2's or Llama-3's), told apart by the file's content")
     k.add_argument("--seq-len", required=True, type=_positive_int, help="model context length (samples hold seq_len+1 tokens)")
     k.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
     k.add_argument("--workers", type=_positive_int, default=None,
@@ -169,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the first bad record with an error naming its file and line "
                         "(default: skip, count and log it)")
     k.add_argument("--eos-piece", default=None, metavar="PIECE",
-                   help="piece appended after each document (default: the model's EOS, e.g. </s>)")
+                   help="piece appended after each document (default: the tokenizer's EOS: a .model's EOS "
+                        "piece, e.g. </s>; a tokenizer.json's special token </s>, <|endoftext|>, "
+                        "<|end_of_text|> or <eos>)")
     k.add_argument("--overwrite", action="store_true",
                    help="replace an existing different dataset (or discard an unfinished run with other settings)")
     return p

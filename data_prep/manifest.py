@@ -16,10 +16,13 @@ Manifest fields (format ``mds-packed-tokens``, version 1)::
     format, version        "mds-packed-tokens", 1
     seq_len                model context length N
     sample_len             N + 1 (each sample is N inputs + 1 shifted target)
-    dtype                  "uint16" if vocab_size <= 65536 else "uint32"
+    dtype                  "uint16" if vocab_size <= 65536 else "uint32" (e.g. Llama-3's 128256)
     column                 MDS column holding the samples ("tokens", ndarray:<dtype>:<N+1>)
-    vocab_size, eos_id     from the sentencepiece model; EOS is appended after every document
-    tokenizer              {"path": absolute path, "sha256": hex digest of the .model file}
+    vocab_size, eos_id     from the tokenizer (every id < vocab_size); EOS is appended after every
+                           document
+    tokenizer              {"path": absolute path, "sha256": hex digest of the file, "kind":
+                           "sentencepiece" (a .model) or "tokenizers" (a tokenizer.json); no kind
+                           in older manifests: sentencepiece}
     layout                 "single" or "per-source" (absent in older manifests: "single")
     splits.<name>          {"documents", "tokens", "samples", "dropped_tail_tokens", "text_bytes",
                            "sources"} where tokens (incl. EOS) == samples * sample_len +

@@ -1,4 +1,4 @@
-"""``tokenize``: documents -> sentencepiece ids (+EOS) -> packed samples -> MDS train/val.
+"""``tokenize``: documents -> token ids (+EOS) -> packed samples -> MDS train/val.
 
 Flow: ``resolve_inputs`` -> ``units.plan_units`` (deterministic work units) -> check the output
 directory (refuse a different dataset, resume a partial run of the same command) -> worker
@@ -32,7 +32,7 @@ from .manifest import FORMAT, MANIFEST_NAME, SPLITS, VERSION, identity, identity
 from .pack import token_dtype
 from .readers import DEFAULT_SOURCE_FIELD, SkipLog, resolve_inputs
 from .split import SPLIT_HASH
-from .tokenizer import load_tokenizer, resolve_eos
+from .tokenizer import ROUND_TRIP_PROBE, load_tokenizer, resolve_eos
 from .units import Unit, auto_unit_size, default_workers, plan_to_json, plan_units
 from .writer import (
     COLUMN,
@@ -189,9 +189,12 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     files = resolve_inputs(cfg.inputs)
     sizes = [p.stat().st_size for p in files]
     tok_path = Path(cfg.tokenizer).expanduser().absolute()
-    sp = load_tokenizer(tok_path)
-    vocab_size = sp.vocab_size()
-    eos_id = resolve_eos(sp, tok_path, cfg.eos_piece)
+    tok = load_tokenizer(tok_path)
+    vocab_size = tok.vocab_size
+    eos_id = resolve_eos(tok, tok_path, cfg.eos_piece)
+    if tok.kind == "tokenizers" and tok.decode(tok.encode(ROUND_TRIP_PROBE)) != ROUND_TRIP_PROBE:
+        log.warning("--tokenizer %s: decode(encode(text)) != text (its normalizer or decoder changes the "
+                    "text): the documents cannot be recovered exactly from the tokens", tok_path)
     dtype = token_dtype(vocab_size)
     sample_len = cfg.seq_len + 1
     if sample_len * (4 if dtype == "uint32" else 2) + 8 > cfg.shard_size_limit:
@@ -213,7 +216,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         "column": COLUMN,
         "vocab_size": vocab_size,
         "eos_id": eos_id,
-        "tokenizer": {"path": str(tok_path), "sha256": sha256_file(tok_path)},
+        "tokenizer": {"path": str(tok_path), "sha256": sha256_file(tok_path), "kind": tok.kind},
         "layout": layout,
         "splits": {},
         "documents_read": 0,
@@ -306,7 +309,8 @@ def _mp_context():
         methods = multiprocessing.get_all_start_methods()
         if "forkserver" in methods:
             _CTX = multiprocessing.get_context("forkserver")
-            _CTX.set_forkserver_preload(["data_prep.worker", "streaming", "sentencepiece", "pyarrow.parquet", "zstandard"])
+            _CTX.set_forkserver_preload(["data_prep.worker", "streaming", "sentencepiece", "tokenizers",
+                                         "pyarrow.parquet", "zstandard"])
         else:  # pragma: no cover
             _CTX = multiprocessing.get_context("spawn")
     return _CTX

@@ -16,8 +16,10 @@ Documents are cut into "sentences" of at most ``max_sentence_bytes`` at line bou
 the ``max_sentences`` sentences with the smallest seeded hash are kept (O(max_sentences)
 memory).
 
-An existing model (e.g. Llama's or Phi-3's 32k ``tokenizer.model``) can be used by ``tokenize``
-instead: it needs an end-of-sequence piece (``eos_id() >= 0``, or ``--eos-piece``).
+An existing tokenizer can be used by ``tokenize`` instead (:func:`load_tokenizer`): a sentencepiece
+model (e.g. Llama's or Phi-3's 32k ``tokenizer.model``) or a Hugging Face ``tokenizers`` JSON (e.g.
+GPT-2's or Llama-3's ``tokenizer.json``), told apart by the file's content; it needs an
+end-of-sequence token (its own, or ``--eos-piece``).
 """
 
 from __future__ import annotations
@@ -280,33 +282,145 @@ def load_sentencepiece(path):
     return sp
 
 
-def load_tokenizer(path: Path):
-    """Load a sentencepiece model, with a clear error if the file is missing or invalid."""
+# ---- tokenizers for ``tokenize``: a sentencepiece model or a Hugging Face tokenizer.json ----------
+
+EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")  # a tokenizer.json's EOS, by name
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+_UNK_NAMES = ("<unk>", "<|unk|>", "[UNK]")
+ROUND_TRIP_PROBE = "Hello, World!\n\tdef f(x):  return x ** 2  # caf\u00e9 \u65e5\u672c \U0001f642\n\n"
+
+
+class Tokenizer:
+    """The one interface ``tokenize`` (and the trainer's tools) use, whatever the file.
+
+    ``encode(text)`` gives the ids of ``text`` alone (no BOS or EOS added), ``decode(ids)`` the
+    text back, ``vocab_size`` bounds every id, ``eos_id`` is the tokenizer's own end-of-sequence id
+    (None without one), ``token_id(piece)`` the id of one of its tokens (None if it has none),
+    ``special`` {"bos"|"eos"|"unk": (id, piece)} for those it has. Load with :func:`load_tokenizer`.
+    """
+
+    kind: str
+    path: Path
+    vocab_size: int
+    eos_id: Optional[int]
+    special: dict[str, tuple[int, str]]
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def token_id(self, piece: str) -> Optional[int]:
+        raise NotImplementedError
+
+
+class SentencePieceTokenizer(Tokenizer):
+    kind = "sentencepiece"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.sp = sp = load_sentencepiece(path)
+        self.encode = sp.encode  # type: ignore[method-assign]  # called per document: no wrapper
+        self.vocab_size = sp.vocab_size()
+        self.eos_id = sp.eos_id() if sp.eos_id() >= 0 else None
+        self.special = {name: (i, sp.id_to_piece(i))
+                        for name, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id())) if i >= 0}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def token_id(self, piece: str) -> Optional[int]:
+        pid = self.sp.piece_to_id(piece)  # unknown pieces map to unk
+        return pid if 0 <= pid < self.vocab_size and self.sp.id_to_piece(pid) == piece else None
+
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizers`` JSON (GPT-2 / Llama-3 style tokenizer.json), used exactly as saved except:
+    no truncation or padding, no post-processor tokens (``add_special_tokens=False``: BOS/EOS are
+    ours to add), and special-token text inside a document encoded as plain text (a document
+    containing "<|endoftext|>" never produces the EOS id)."""
+
+    kind = "tokenizers"
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer as _Tokenizer
+
+        self.path = Path(path)
+        tok = _Tokenizer.from_file(str(path))
+        tok.no_truncation()
+        tok.no_padding()
+        tok.encode_special_tokens = True
+        self.tok = tok
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self.vocab_size = max(vocab.values()) + 1 if vocab else 0  # ids may have gaps: bound them all
+        specials = {t.content: i for i, t in sorted(tok.get_added_tokens_decoder().items()) if t.special}
+        self.special = {}
+        for name, names in (("bos", _BOS_NAMES), ("eos", EOS_NAMES), ("unk", _UNK_NAMES)):
+            found = next((n for n in names if n in specials), None)
+            if found is not None:
+                self.special[name] = (specials[found], found)
+        self.eos_id = self.special["eos"][0] if "eos" in self.special else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_id(self, piece: str) -> Optional[int]:
+        return self.tok.token_to_id(piece)
+
+
+def tokenizer_kind(path: Path) -> str:
+    """The kind of a tokenizer file: a JSON object is a tokenizer.json, anything else a sentencepiece model."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    return "tokenizers" if head.lstrip(b" \t\r\n")[:1] == b"{" else "sentencepiece"
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A sentencepiece model or a ``tokenizers`` JSON, told apart by the file's content, with a clear
+    error if the file is missing or is neither."""
     path = Path(path)
     if not path.is_file():
-        raise DataPrepError(f"--tokenizer {path}: no such file (train one with `train-tokenizer`)")
-    try:
-        return load_sentencepiece(path)
-    except (OSError, RuntimeError) as e:
-        raise DataPrepError(f"--tokenizer {path}: not a sentencepiece model: {e}") from e
+        raise DataPrepError(f"--tokenizer {path}: no such file (expected a sentencepiece .model or a Hugging "
+                            f"Face tokenizer.json; train one with `train-tokenizer`)")
+    if tokenizer_kind(path) == "tokenizers":
+        try:
+            tok: Tokenizer = HFTokenizer(path)
+        except Exception as e:  # tokenizers raises plain Exception for a bad file
+            raise DataPrepError(f"--tokenizer {path}: a JSON file but not a Hugging Face tokenizers file "
+                                f"(tokenizer.json, as written by tokenizers' Tokenizer.save): {e}") from e
+    else:
+        try:
+            tok = SentencePieceTokenizer(path)
+        except (OSError, RuntimeError) as e:
+            raise DataPrepError(f"--tokenizer {path}: not a sentencepiece model (nor a tokenizer.json): {e}") from e
+    if tok.vocab_size < 1:
+        raise DataPrepError(f"--tokenizer {path}: the tokenizer has an empty vocabulary")
+    return tok
 
 
-def resolve_eos(sp, path, eos_piece: Optional[str] = None) -> int:
-    """The id appended after every document: the model's EOS, or the id of ``eos_piece``.
+def resolve_eos(tok: Tokenizer, path, eos_piece: Optional[str] = None) -> int:
+    """The id appended after every document: the tokenizer's EOS, or the id of ``eos_piece``.
 
-    Works with any sentencepiece model (ours, Llama's or Phi-3's ``tokenizer.model``, whose
-    EOS is ``</s>`` = 2); a model without an EOS piece needs ``--eos-piece``.
+    A sentencepiece model's EOS piece (ours, Llama's or Phi-3's ``tokenizer.model``: ``</s>`` = 2);
+    a tokenizer.json's special token named one of :data:`EOS_NAMES` (GPT-2's ``<|endoftext|>``,
+    Llama-3's ``<|end_of_text|>``). A tokenizer without one needs ``--eos-piece``.
     """
     if eos_piece is not None:
-        pid = sp.piece_to_id(eos_piece)
-        if not (0 <= pid < sp.vocab_size()) or sp.id_to_piece(pid) != eos_piece:
+        pid = tok.token_id(eos_piece)
+        if pid is None:
             raise DataPrepError(f"--eos-piece {eos_piece!r}: no such piece in --tokenizer {path}")
         return pid
-    eos = sp.eos_id()
-    if eos < 0:
+    if tok.eos_id is None:
+        if tok.kind == "sentencepiece":
+            what = "the model has no end-of-sequence piece (eos_id = -1)"
+        else:
+            what = f"the tokenizer has no end-of-sequence token (no special token named {' or '.join(EOS_NAMES)})"
         raise DataPrepError(
-            f"--tokenizer {path}: the model has no end-of-sequence piece (eos_id = -1), which is "
-            f"appended after every document; pass --eos-piece PIECE naming one of its pieces "
-            f"(e.g. '<|endoftext|>'), or train a model with `train-tokenizer`"
+            f"--tokenizer {path}: {what}, which is appended after every document; pass --eos-piece PIECE "
+            f"naming one of its tokens (e.g. '<|endoftext|>'), or train a model with `train-tokenizer`"
         )
-    return eos
+    return tok.eos_id

@@ -1,9 +1,10 @@
 """Worker processes of ``tokenize``: each processes whole units (see ``data_prep.units``).
 
-A worker loads the sentencepiece model once, then takes units from a queue. For each unit it
-reads the unit's pieces, routes every document to ``train``/``val`` by a stable hash of its
-text, encodes it, appends EOS and packs it into samples of ``sample_len`` tokens per split (and
-per source with ``--per-source``), which it writes as MDS part datasets under the work area.
+A worker loads the tokenizer (a sentencepiece model or a tokenizer.json) once, then takes units
+from a queue. For each unit it reads the unit's pieces, routes every document to ``train``/``val``
+by a stable hash of its text, encodes it, appends EOS and packs it into samples of ``sample_len``
+tokens per split (and per source with ``--per-source``), which it writes as MDS part datasets
+under the work area.
 The unit's last partial sample per split/source is dropped and counted. Finally it fsyncs the
 parts and writes the unit's done marker (atomically, last).
 
@@ -24,7 +25,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from .readers import BadRecord, ByteCounter, Document, read_piece
 from .split import split_of
 from .units import Unit
 from .writer import PartWriter, WorkArea, part_name, source_dirname, write_marker
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 PROGRESS_INTERVAL_S = 0.5
 MAX_SOURCES = 1000  # per unit, with --per-source: more means the source field is per-document
@@ -118,9 +122,9 @@ def _die_with_parent(parent_pid: int, parent_start: Optional[int]) -> None:
 
 
 class UnitJob:
-    def __init__(self, cfg: WorkerConfig, sp, unit: Unit, send=None) -> None:
+    def __init__(self, cfg: WorkerConfig, tok: "Tokenizer", unit: Unit, send=None) -> None:
         self.cfg = cfg
-        self.sp = sp
+        self.tok = tok
         self.unit = unit
         self.send = send or (lambda *msg: None)
         self.work = WorkArea(Path(cfg.out_dir))
@@ -145,7 +149,7 @@ class UnitJob:
         n_examples: Counter[str] = Counter()
         skip_tmp = work.skipped_log(unit.index).with_suffix(".jsonl.tmp")
         skip_f = None
-        encode = self.sp.encode
+        encode = self.tok.encode
         vf = cfg.val_fraction
         per_source = cfg.per_source
         pause = float(cfg.hooks.get("pause_s", 0) or 0)
@@ -295,9 +299,9 @@ def worker_main(wid: int, cfg: WorkerConfig, tasks, results, barrier=None) -> No
         results.send((msg[0], wid, *msg[1:]))
 
     try:
-        from .tokenizer import load_sentencepiece
+        from .tokenizer import load_tokenizer
 
-        sp = load_sentencepiece(cfg.tokenizer)
+        tok = load_tokenizer(cfg.tokenizer)
         import streaming  # noqa: F401  (before "ready": preloaded by the forkserver, else imported here)
 
         del streaming
@@ -318,7 +322,7 @@ def worker_main(wid: int, cfg: WorkerConfig, tasks, results, barrier=None) -> No
         send("start", unit.index)
         try:
             cpu0 = time.process_time()
-            stats = UnitJob(cfg, sp, unit, send).run()
+            stats = UnitJob(cfg, tok, unit, send).run()
             cpu = time.process_time() - cpu0
         except DataPrepError as e:
             send("error", unit.index, str(e), None)

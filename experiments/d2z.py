@@ -143,8 +143,12 @@ def report(results, out: Path, s: Scale) -> str:
                 lines.append(f"| {lr:.3g} | " + " | ".join(cells) + " |")
             best = {name: stats.best_over_lr(means[name], lrs) for name in s.schedules}
             c0 = {name: _c_T0(results, model, tpp, name) for name in s.schedules}
+            edge = [name for name in s.schedules if np.isfinite(means[name]).any()
+                    and int(np.nanargmin(means[name])) in (0, len(lrs) - 1)]
             lines += ["", "Best over the LR grid (quadratic fit in log2 LR around the minimum): " + ", ".join(
-                f"{name} {fmt_loss(best[name])}" for name in s.schedules), ""]
+                f"{name} {fmt_loss(best[name])}" for name in s.schedules)
+                + (f". At the edge of the grid (the optimum may lie outside it; `--full-grid` widens it): "
+                   f"{', '.join(edge)}" if edge else ""), ""]
             if "Linear-D2Z" in grids and "Linear-10x" in grids:
                 a, b = grids["Linear-10x"], grids["Linear-D2Z"]
                 ok = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)

@@ -45,7 +45,7 @@ def is_remote(path: str) -> bool:
 @dataclass
 class DataConfig:
     path: str  # directory written by `python -m data_prep tokenize`: local, or a URL (s3://, gs://, ...)
-    tokenizer: Optional[str] = None  # sentencepiece .model; default: the one the manifest names
+    tokenizer: Optional[str] = None  # sentencepiece .model or tokenizer.json; default: the one the manifest names
     seq_len: Optional[int] = None  # training context; default (and maximum): the shards' seq_len
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes per rank
@@ -145,7 +145,7 @@ class DataSource:
         tok = self.tokenizer_path(manifest)
         if tok is None or not Path(tok).is_file():
             key = "tokenizer" if self.cfg.tokenizer else "path"
-            problems.append((key, self.cfg.tokenizer or self.cfg.path, f"an existing sentencepiece model file ({tok} not found)"))
+            problems.append((key, self.cfg.tokenizer or self.cfg.path, f"an existing tokenizer file: a sentencepiece model (.model) or a tokenizer.json ({tok} not found)"))
         return problems
 
     def _check_remote(self) -> list[tuple[str, Any, str]]:
@@ -163,7 +163,7 @@ class DataSource:
         if self.cfg.seq_len is not None and isinstance(shard_len, int) and self.cfg.seq_len > shard_len:
             problems.append(("seq_len", self.cfg.seq_len, f"at most the shards' seq_len {shard_len} (from {self.cfg.path}/manifest.json)"))
         if self.cfg.tokenizer and not Path(self.cfg.tokenizer).is_file():  # training itself needs only the vocabulary size
-            problems.append(("tokenizer", self.cfg.tokenizer, "an existing sentencepiece model file (not found)"))
+            problems.append(("tokenizer", self.cfg.tokenizer, "an existing tokenizer file: a sentencepiece model (.model) or a tokenizer.json (not found)"))
         return problems
 
     def tokenizer_path(self, manifest: Optional[dict[str, Any]] = None) -> Optional[str]:

@@ -16,10 +16,13 @@ The ZeRO-partitioned weights are consolidated to fp32 with DeepSpeed's own
 (which unpickles the checkpoint files: export only checkpoints you trust),
 loaded into a :class:`GPT` to check that they fit the config, renamed to the
 Hugging Face architecture and written as ``OUT/model.safetensors`` +
-``OUT/config.json``, with the run's sentencepiece tokenizer (``tokenizer.model``
-+ ``tokenizer_config.json`` for ``LlamaTokenizer``) when it can be found (the
-run config's ``data.tokenizer``, else the data manifest's). Everything is
-written to a temporary directory next to ``OUT`` and renamed into place.
+``OUT/config.json``, with the run's tokenizer when it can be found (the run
+config's ``data.tokenizer``, else the data manifest's): a sentencepiece model as
+``tokenizer.model`` + ``tokenizer_config.json`` for ``LlamaTokenizer``, a
+tokenizer.json as ``tokenizer.json`` (without its post-processor: data_prep adds
+no BOS/EOS) + ``tokenizer_config.json`` for ``PreTrainedTokenizerFast``.
+Everything is written to a temporary directory next to ``OUT`` and renamed into
+place.
 
 Formats:
 
@@ -204,6 +207,40 @@ def _sentencepiece_info(tok: Optional[Path]) -> tuple[dict[str, tuple[Optional[i
     return ids, bool(pieces) and pieces[0].startswith("\u2581")
 
 
+def _tokenizers_info(tok: Path) -> dict[str, tuple[Optional[int], Optional[str]]]:
+    """``{"bos"|"eos"|"unk": (id, token)}`` of a tokenizer.json (data_prep's names for them)."""
+    from data_prep.tokenizer import HFTokenizer
+
+    found = HFTokenizer(tok).special
+    return {name: found.get(name, (None, None)) for name in ("bos", "eos", "unk")}
+
+
+def _write_tokenizer(tok: Path, kind: str, dest: Path, special: dict[str, tuple[Optional[int], Optional[str]]],
+                     dummy_prefix: bool, max_seq_len: int) -> None:
+    """The run's tokenizer into ``dest``, set up to encode exactly as data_prep did: no BOS/EOS added."""
+    named = {f"{name}_token": piece for name, (_, piece) in special.items() if piece is not None}
+    if kind == "tokenizers":  # tokenizer.json for PreTrainedTokenizerFast
+        data = json.loads(tok.read_text(encoding="utf-8"))
+        data.update(post_processor=None, truncation=None, padding=None)  # data_prep encoded without them
+        (dest / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                   "split_special_tokens": True,  # "<|endoftext|>" in a text is text, as data_prep encoded it
+                   "model_max_length": max_seq_len, **named}
+    else:
+        shutil.copyfile(tok, dest / "tokenizer.model")
+        tok_cfg = {
+            "tokenizer_class": "LlamaTokenizer",
+            "legacy": True,  # plain sentencepiece encoding, exactly as data_prep tokenized ...
+            "add_prefix_space": dummy_prefix,  # ... (the fast tokenizer converted from it too)
+            "add_bos_token": False,  # data_prep adds no BOS ...
+            "add_eos_token": False,  # ... and appends EOS after each document itself
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": max_seq_len,
+            **named,
+        }
+    (dest / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+
+
 # ---- export ------------------------------------------------------------------------------------
 
 
@@ -223,6 +260,8 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
            verify: bool = True, log=print) -> Path:
     """Write ``out`` (see the module docstring); return its path."""
     from safetensors.torch import save_file
+
+    from data_prep.tokenizer import tokenizer_kind
 
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in ("float32", "bfloat16"):
@@ -249,7 +288,8 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
     if tok is not None and not tok.is_file():
         log(f"warning: tokenizer {tok} not found; exporting without it")
         tok = None
-    special, dummy_prefix = _sentencepiece_info(tok)
+    kind = tokenizer_kind(tok) if tok is not None else "sentencepiece"
+    special, dummy_prefix = (_tokenizers_info(tok), False) if kind == "tokenizers" else _sentencepiece_info(tok)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
@@ -260,18 +300,7 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
         cfg = hf_config(config, fmt, special["bos"][0], special["eos"][0], dtype)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if tok is not None:
-            shutil.copyfile(tok, tmp / "tokenizer.model")
-            tok_cfg = {
-                "tokenizer_class": "LlamaTokenizer",
-                "legacy": True,  # plain sentencepiece encoding, exactly as data_prep tokenized ...
-                "add_prefix_space": dummy_prefix,  # ... (the fast tokenizer converted from it too)
-                "add_bos_token": False,  # data_prep adds no BOS ...
-                "add_eos_token": False,  # ... and appends EOS after each document itself
-                "clean_up_tokenization_spaces": False,
-                "model_max_length": config.max_seq_len,
-                **{f"{name}_token": piece for name, (_, piece) in special.items() if piece is not None},
-            }
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+            _write_tokenizer(tok, kind, tmp, special, dummy_prefix, config.max_seq_len)
         for f in tmp.iterdir():
             f.chmod(0o644)
         _fsync_tree(tmp)

@@ -259,6 +259,13 @@ def resolve(
         train=dataclasses.replace(cfg.train),
     )
 
+    if cfg.logging.wandb is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:  # None also for sys.modules["wandb"] = None
+            problems.add("logging.wandb", to_dict(cfg.logging.wandb), "the wandb package, which is not installed: "
+                         "pip install wandb (or pip install -e '.[wandb]'), or remove logging.wandb")
+
     # Data directory, manifest, tokenizer.
     data = cfg.data.build()
     file_problems = data.check_files()

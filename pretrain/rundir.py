@@ -90,7 +90,7 @@ class RunDir:
         return self._json("hardware.json")
 
     def tokenizer_path(self) -> Optional[Path]:
-        """The sentencepiece model the run used: ``data.tokenizer``, else the data manifest's."""
+        """The tokenizer file the run used (.model or tokenizer.json): ``data.tokenizer``, else the manifest's."""
         data = self.config_dict.get("data") or {}
         if data.get("tokenizer"):
             return Path(data["tokenizer"])

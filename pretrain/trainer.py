@@ -215,7 +215,8 @@ class Trainer:
         permanent = cfg.checkpoint.permanent_steps(cfg.schedule, cfg.train.max_steps)
         self.evaluator = EvalCallback(self.val, cfg.eval, cfg.train.micro_batch_size,
                                       self.val_per_source if cfg.eval.per_source else None)
-        self.logger = MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main)
+        self.logger = MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main,
+                                    cfg.logging.wandb)
         return [
             self.evaluator,
             DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
@@ -384,6 +385,8 @@ class Trainer:
         starts clean (streaming keeps every shared-memory block open until the process exits otherwise)."""
         if restore_signals:
             self.control.uninstall()
+        if self.logger is not None and self.logger.wandb is not None:
+            self.logger.wandb.finish(exit_code=1)  # still open: the run failed before its end
         self.callbacks = []
         self.evaluator = self.logger = None
         self.engine = self.loader = self.val = None

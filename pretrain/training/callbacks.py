@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 
 if TYPE_CHECKING:
@@ -81,25 +82,124 @@ class CheckpointCallback(Callback):
                 self.control.saved()
 
 
+_WANDB_BAD_CHARS = "/\\#?%:"  # not allowed in a W&B project name
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (optional: ``pip install wandb``); ``logging.wandb: {}`` turns it on.
+
+    Every record of metrics.jsonl is logged at its step, with the resolved run config as the
+    W&B config and, for a branch, its lineage.json as ``config.lineage``.
+    """
+
+    project: Optional[str] = None  # default: "pretrain"
+    entity: Optional[str] = None  # W&B team or user; default: your default entity
+    name: Optional[str] = None  # the W&B run's name; default: the run's name
+    tags: list[str] = field(default_factory=list)
+    mode: Optional[Literal["online", "offline", "disabled"]] = None  # default: WANDB_MODE, else online
+    group: Optional[str] = None  # default: the run's name; a branch: its parent's group
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = [(key, "a non-empty string, or null") for key in ("project", "entity", "name", "group")
+                    if getattr(self, key) is not None and not getattr(self, key).strip()]
+        if self.project and any(c in self.project for c in _WANDB_BAD_CHARS):
+            problems.append(("project", f"a W&B project name, without any of {_WANDB_BAD_CHARS}"))
+        if any(not 0 < len(tag) <= 64 for tag in self.tags):
+            problems.append(("tags", "a list of tags of 1 to 64 characters"))
+        return problems
+
+
 @dataclass
 class LoggingConfig:
     interval: int = 10  # console progress line every N updates
     tensorboard: bool = True
+    wandb: Optional[WandbConfig] = None  # Weights & Biases; null: off
 
     def validate(self) -> list[tuple[str, str]]:
         return [("interval", "an integer >= 1")] if self.interval < 1 else []
 
 
-class MetricsLogger(Callback):
-    """Rank 0: one JSON line per update, TensorBoard scalars, and a console progress line."""
+class WandbLogger:
+    """Rank 0: a Weights & Biases run getting what :class:`MetricsLogger` logs (wandb imported here only).
 
-    def __init__(self, out_dir: Path, interval: int, tensorboard: bool, is_main: bool):
+    Writes ``RUN_DIR/wandb.json`` (the W&B run's project, group, id, local directory and URL): a
+    branch reads its parent's to join the parent's group.
+    """
+
+    def __init__(self, cfg: WandbConfig):
+        self.cfg = cfg
+        self.run: Any = None
+
+    def start(self, run_cfg: Any, run_dir: Path) -> None:
+        import wandb
+
+        lineage = _read_json(run_dir / "lineage.json")
+        c = self.cfg
+        try:
+            self.run = wandb.init(
+                project=c.project or "pretrain", entity=c.entity, name=c.name or run_cfg.name,
+                group=c.group or (_parent_group(lineage) if lineage else run_cfg.name), tags=list(c.tags) or None,
+                mode=c.mode, config=run_cfg.to_dict(), dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
+            )
+        except Exception as e:  # no API key, no network, a bad entity: say so, without a traceback
+            from ..trainer import EXIT_CONFIG_ERROR, LaunchError
+
+            raise LaunchError(EXIT_CONFIG_ERROR, f"logging.wandb: wandb.init failed: {type(e).__name__}: {e} "
+                              "(online: run `wandb login` or set WANDB_API_KEY; or set logging.wandb.mode=offline "
+                              "and `wandb sync` the run later)") from None
+        if lineage:
+            self.run.config.update({"lineage": lineage}, allow_val_change=True)
+        record = {"project": self.run.project, "entity": c.entity, "group": self.run.group, "name": self.run.name,
+                  "id": self.run.id, "dir": self.run.dir, "url": self.run.url, "mode": c.mode}
+        (run_dir / "wandb.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(record, step=int(record["step"]))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.finish(exit_code=exit_code)
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _parent_group(lineage: dict[str, Any]) -> Optional[str]:
+    """A branch's W&B group: its parent's (the parent's wandb.json), else the parent run's name."""
+    parent_dir = Path(str(lineage.get("parent_run_dir", "")))
+    group = (_read_json(parent_dir / "wandb.json") or {}).get("group")
+    if group:
+        return str(group)
+    import yaml
+
+    try:
+        parent_cfg = yaml.safe_load((Path(str(lineage.get("parent_checkpoint"))) / "config.yaml").read_text())
+        name = parent_cfg.get("name") if isinstance(parent_cfg, dict) else None
+    except (OSError, yaml.YAMLError):
+        name = None
+    return str(name) if name else parent_dir.name or None
+
+
+class MetricsLogger(Callback):
+    """Rank 0: one JSON line per update, TensorBoard scalars, the same records to W&B (``logging.wandb``),
+    and a console progress line."""
+
+    def __init__(self, out_dir: Path, interval: int, tensorboard: bool, is_main: bool,
+                 wandb: Optional[WandbConfig] = None):
         self.out_dir = Path(out_dir)
         self.interval = interval
         self.use_tb = tensorboard
         self.is_main = is_main
         self.jsonl = None
         self.tb = None
+        self.wandb = WandbLogger(wandb) if wandb is not None and is_main else None
         self.t_start = 0.0
         self.step_start = 0
 
@@ -115,6 +215,8 @@ class MetricsLogger(Callback):
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=ctx.state.step + 1)
+        if self.wandb is not None:
+            self.wandb.start(ctx.cfg, self.out_dir)
         self.t_start = time.perf_counter()
         self.step_start = ctx.state.step
 
@@ -123,6 +225,8 @@ class MetricsLogger(Callback):
             return
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         self.jsonl.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record)
         step = metrics["step"]
         if self.tb is not None:
             for key, value in record.items():
@@ -149,6 +253,8 @@ class MetricsLogger(Callback):
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 _TB_GROUPS = {
@@ -205,4 +311,5 @@ def _truncate_after(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-__all__ = ["Callback", "LoggingConfig", "DualCallback", "CheckpointCallback", "MetricsLogger"]
+__all__ = ["Callback", "LoggingConfig", "WandbConfig", "DualCallback", "CheckpointCallback", "MetricsLogger",
+           "WandbLogger"]
