@@ -69,6 +69,7 @@ class CheckpointConfig:
     permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
     schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
     branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
+    init_from: Optional[str] = None  # "hf:DIR": a fresh run from Hugging Face Llama/Phi-3 weights (also model.init_from)
     restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
     load_data_state: bool = True  # continue the saved data order; false: a fresh order (a branch onto new data)
 
@@ -83,6 +84,10 @@ class CheckpointConfig:
             problems.append(("keep_last", "an integer >= 1"))
         if any(s < 1 for s in self.permanent):
             problems.append(("permanent", "steps >= 1"))
+        if self.init_from is not None and not self.init_from.startswith("hf:"):
+            problems.append(("init_from", "'hf:DIR' (a Hugging Face Llama or Phi-3 directory), or null"))
+        if self.init_from is not None and self.branch_from is not None:
+            problems.append(("init_from", "null when branch_from is set (a run starts from one of them)"))
         return problems
 
     def root(self, run_dir: Path) -> Path:

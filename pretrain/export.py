@@ -31,14 +31,21 @@ Formats:
 * ``phi3`` -> ``Phi3ForCausalLM``: the same, with fused ``qkv_proj`` (q, k, v
   stacked) and ``gate_up_proj`` (gate, then up); no biases.
 
+Forward multipliers (muP's, or set by hand) are folded into the weights
+(:func:`fold_multipliers`): ``emb_mult`` into the embedding, ``logit_mult`` into
+``lm_head`` (written as its own tensor, ``tie_word_embeddings: false``, when a tied
+model's two multipliers differ) and ``attn_scale * sqrt(head_dim)`` into ``q_proj``.
 Configurations these classes cannot represent are refused with the reasons:
-ALiBi, LayerNorm, a GELU MLP, QK-norm, and any non-default forward multiplier
-(muP's embedding and logit multipliers and its 1/d_head attention scale).
+ALiBi, LayerNorm, a GELU MLP and QK-norm.
+
+:func:`load_hf` is the inverse (continued pretraining, ``checkpoint.init_from: hf:DIR``):
+the same name map, read back from ``model.safetensors`` or a sharded index.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -79,18 +86,6 @@ def unsupported(config: GPTConfig, fmt: str) -> list[str]:
         reasons.append(f"qk_norm=True: {arch} has no QK-norm")
     if config.bias and fmt == "phi3":
         reasons.append("bias=True: Phi3ForCausalLM has no Linear biases (use --format llama)")
-    if config.mup is not None:
-        reasons.append(f"mup is set: muP's embedding multiplier, logit multiplier and 1/d_head attention "
-                       f"scale are not representable in {arch}")
-    else:
-        emb_mult, logit_mult, attn_scale = config.multipliers()
-        if emb_mult != 1.0:
-            reasons.append(f"emb_mult={emb_mult}: {arch} has no embedding multiplier")
-        if logit_mult != 1.0:
-            reasons.append(f"logit_mult={logit_mult}: {arch} has no logit multiplier")
-        if not math.isclose(attn_scale, config.head_dim ** -0.5, rel_tol=1e-12):
-            reasons.append(f"attn_scale={attn_scale}: {arch} scales attention by 1/sqrt(head_dim) "
-                           f"= {config.head_dim ** -0.5}")
     return reasons
 
 
@@ -110,7 +105,7 @@ def hf_config(config: GPTConfig, fmt: str, bos_id: Optional[int] = None, eos_id:
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_base,
         "rope_scaling": None,
-        "tie_word_embeddings": config.tie_embeddings,
+        "tie_word_embeddings": hf_tied(config),
         "attention_dropout": 0.0,
         "initializer_range": config.init_std,
         "bos_token_id": bos_id,
@@ -137,32 +132,199 @@ _LLAMA_LINEAR = {  # ours (under blocks.{i}.) -> Llama (under model.layers.{i}.)
     "mlp.w3": "mlp.up_proj",
     "mlp.w2": "mlp.down_proj",
 }
+_PHI3_FUSED = {  # Phi-3 (under model.layers.{i}.) -> ours (under blocks.{i}.), stacked along dim 0 in this order
+    "self_attn.qkv_proj": ("attn.wq", "attn.wk", "attn.wv"),
+    "self_attn.o_proj": ("attn.wo",),
+    "mlp.gate_up_proj": ("mlp.w1", "mlp.w3"),
+    "mlp.down_proj": ("mlp.w2",),
+}
+
+
+def hf_tied(config: GPTConfig) -> bool:
+    """Whether the export ties ``lm_head`` to the embedding: only when ours is tied and the folded
+    multipliers agree (muP's embedding and logit multipliers differ, so its tied matrix is written twice)."""
+    emb_mult, logit_mult, _ = config.multipliers()
+    return config.tie_embeddings and emb_mult == logit_mult
+
+
+def weight_names(config: GPTConfig, fmt: str) -> dict[str, tuple[str, ...]]:
+    """``{Hugging Face tensor: the GPT tensors stacked along dim 0 to make it}``: the one name map,
+    used by the export and (inverted) by :func:`load_hf`. With :func:`hf_tied` no ``lm_head.weight``
+    (transformers ties it from ``tie_word_embeddings``)."""
+    names: dict[str, tuple[str, ...]] = {"model.embed_tokens.weight": ("tok_emb.weight",),
+                                         "model.norm.weight": ("norm.weight",)}
+    if not hf_tied(config):
+        names["lm_head.weight"] = ("lm_head.weight",)
+    leaves = ("weight", "bias") if config.bias else ("weight",)
+    for i in range(config.n_layers):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        names[dst + "input_layernorm.weight"] = (src + "attn_norm.weight",)
+        names[dst + "post_attention_layernorm.weight"] = (src + "mlp_norm.weight",)
+        if fmt == "llama":
+            for ours, theirs in _LLAMA_LINEAR.items():
+                for leaf in leaves:
+                    names[f"{dst}{theirs}.{leaf}"] = (f"{src}{ours}.{leaf}",)
+        else:
+            for theirs, ours_all in _PHI3_FUSED.items():
+                names[f"{dst}{theirs}.weight"] = tuple(f"{src}{o}.weight" for o in ours_all)
+    return names
+
+
+def fold_multipliers(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A copy of a GPT state dict with the forward multipliers folded into the weights (exact up to
+    rounding): ``emb_mult`` into the embedding (its output feeds the residual stream directly),
+    ``logit_mult`` into ``lm_head`` (a separate copy when tied, see :func:`hf_tied`), and
+    ``attn_scale / (1/sqrt(head_dim))`` into ``wq`` (weight and bias; RoPE is linear, so scaling q
+    before it is exact)."""
+    emb_mult, logit_mult, attn_scale = config.multipliers()
+    q_mult = attn_scale * math.sqrt(config.head_dim)
+    out = dict(sd)
+    head = sd.get("lm_head.weight", sd["tok_emb.weight"])
+    if emb_mult != 1.0:
+        out["tok_emb.weight"] = sd["tok_emb.weight"] * emb_mult
+    if logit_mult != 1.0:
+        out["lm_head.weight"] = head * logit_mult
+    elif not hf_tied(config):
+        out["lm_head.weight"] = head
+    if q_mult != 1.0:
+        for i in range(config.n_layers):
+            for leaf in ("weight", "bias") if config.bias else ("weight",):
+                key = f"blocks.{i}.attn.wq.{leaf}"
+                out[key] = sd[key] * q_mult
+    return out
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], config: GPTConfig, fmt: str) -> dict[str, torch.Tensor]:
-    """Rename (and for Phi-3 fuse) a :class:`GPT` state dict into ``fmt``'s names.
+    """Fold the multipliers (:func:`fold_multipliers`), rename (and for Phi-3 fuse) a :class:`GPT`
+    state dict into ``fmt``'s names."""
+    sd = fold_multipliers(sd, config)
+    return {hf: sd[ours[0]] if len(ours) == 1 else torch.cat([sd[o] for o in ours], dim=0)
+            for hf, ours in weight_names(config, fmt).items()}
 
-    With tied embeddings only ``model.embed_tokens.weight`` is written (transformers
-    ties ``lm_head`` to it from ``tie_word_embeddings``).
-    """
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm.weight"]}
-    if not config.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    for i in range(config.n_layers):
-        src, dst = f"blocks.{i}.", f"model.layers.{i}."
-        out[dst + "input_layernorm.weight"] = sd[src + "attn_norm.weight"]
-        out[dst + "post_attention_layernorm.weight"] = sd[src + "mlp_norm.weight"]
-        if fmt == "llama":
-            for ours, theirs in _LLAMA_LINEAR.items():
-                for leaf in ("weight", "bias") if config.bias else ("weight",):
-                    out[f"{dst}{theirs}.{leaf}"] = sd[f"{src}{ours}.{leaf}"]
-        else:  # phi3: fused projections
-            out[dst + "self_attn.qkv_proj.weight"] = torch.cat(
-                [sd[src + "attn.wq.weight"], sd[src + "attn.wk.weight"], sd[src + "attn.wv.weight"]], dim=0)
-            out[dst + "self_attn.o_proj.weight"] = sd[src + "attn.wo.weight"]
-            out[dst + "mlp.gate_up_proj.weight"] = torch.cat([sd[src + "mlp.w1.weight"], sd[src + "mlp.w3.weight"]], dim=0)
-            out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.w2.weight"]
+
+# ---- loading Hugging Face weights (continued pretraining) ---------------------------------------
+
+_HF_DEFAULTS = {"tie_word_embeddings": False, "hidden_act": "silu", "rope_scaling": None,
+                "attention_bias": False, "mlp_bias": False, "partial_rotary_factor": 1.0}
+_HF_COMPARED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
+                "tie_word_embeddings", "hidden_act", "attention_bias", "mlp_bias", "partial_rotary_factor")
+
+
+def hf_format(directory: Path) -> tuple[str, dict[str, Any]]:
+    """``(fmt, config.json)`` of a Hugging Face model directory in one of :data:`FORMATS`."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{path} not found: expected a Hugging Face model directory (config.json + safetensors)")
+    got = json.loads(path.read_text())
+    fmt = {"llama": "llama", "phi3": "phi3"}.get(got.get("model_type"))
+    if fmt is None:
+        raise ExportError(f"{path}: model_type = {got.get('model_type')!r}: expected 'llama' or 'phi3'")
+    return fmt, got
+
+
+def hf_config_differences(config: GPTConfig, directory: Path) -> list[str]:
+    """How ``DIR/config.json`` differs from the architecture ``config`` (empty when they match), including
+    what the load cannot invert: muP and other forward multipliers, and what :func:`unsupported` refuses."""
+    fmt, got = hf_format(directory)
+    problems = [f"model: {r}" for r in unsupported(config, fmt)]
+    emb_mult, logit_mult, attn_scale = config.multipliers()
+    if config.mup is not None:
+        problems.append("model.mup is set: Hugging Face weights hold no muP multipliers (unfolding them is not "
+                        "supported); init_from needs a standard-parameterization model (mup: null)")
+    elif (emb_mult, logit_mult) != (1.0, 1.0) or not math.isclose(attn_scale, config.head_dim ** -0.5, rel_tol=1e-12):
+        problems.append(f"model: emb_mult={emb_mult}, logit_mult={logit_mult}, attn_scale={attn_scale}: expected "
+                        f"1.0, 1.0 and 1/sqrt(head_dim) (Hugging Face weights hold no multipliers)")
+    expected = hf_config(config, fmt)
+    for key in _HF_COMPARED:
+        if key not in expected:
+            continue
+        default = expected["num_attention_heads"] if key == "num_key_value_heads" else \
+            expected["hidden_size"] // expected["num_attention_heads"] if key == "head_dim" else _HF_DEFAULTS.get(key)
+        value, want = got.get(key, default), expected[key]
+        same = math.isclose(value, want, rel_tol=1e-9) if isinstance(want, float) and isinstance(value, (int, float)) \
+            else value == want
+        if not same:
+            problems.append(f"{key}: {value!r} in config.json, expected {want!r} (ours)")
+    return problems
+
+
+def _weight_files(directory: Path) -> tuple[list[Path], dict[str, Path]]:
+    """The safetensors files and ``{tensor: file}``: ``model.safetensors`` or a sharded index."""
+    from safetensors import safe_open
+
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if index.is_file():
+        where = {k: directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+        files = sorted(set(where.values()))
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ExportError(f"{index} names shard files that do not exist: {', '.join(missing)}")
+        return files, where
+    if not single.is_file():
+        raise ExportError(f"{directory}: neither model.safetensors nor model.safetensors.index.json found")
+    with safe_open(str(single), framework="pt") as f:
+        return [single], {k: single for k in f.keys()}
+
+
+def sha256_files(files: Sequence[Path]) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for path in files:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[path.name] = h.hexdigest()
     return out
+
+
+def _read(names: dict[str, tuple[str, ...]], where: dict[str, Path], handles: dict[Path, Any],
+          ours_shapes: dict[str, tuple[int, ...]], sd: dict[str, torch.Tensor], problems: list[str]) -> None:
+    """Read each Hugging Face tensor of ``names`` into ``sd`` (split into ours), or a problem naming it."""
+    for hf, ours in names.items():
+        if hf not in where:
+            continue
+        sizes = [ours_shapes[o] for o in ours]
+        want = (sum(s[0] for s in sizes), *sizes[0][1:])
+        shape = tuple(handles[where[hf]].get_slice(hf).get_shape())
+        if shape != want:
+            problems.append(f"{where[hf]}: tensor {hf} has shape {list(shape)}, expected {list(want)} "
+                            f"(for {' + '.join(ours)})")
+            continue
+        parts = handles[where[hf]].get_tensor(hf).float().split([s[0] for s in sizes], dim=0)
+        sd.update(zip(ours, parts))
+
+def load_hf(directory: str | Path, config: GPTConfig) -> tuple[dict[str, torch.Tensor], list[Path]]:
+    """``(GPT state dict in fp32, weight files)`` from a Llama / Phi-3 directory written by :func:`export` or
+    transformers: the inverse of :func:`to_hf_state_dict` (Phi-3's fused projections split back). Raises
+    ExportError listing every architecture difference, missing, unexpected or misshapen tensor."""
+    import torch
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    problems = hf_config_differences(config, directory)
+    if problems:
+        raise ExportError(f"{directory / 'config.json'} does not match the model config:\n  " + "\n  ".join(problems))
+    fmt, _ = hf_format(directory)
+    files, where = _weight_files(directory)
+    names = weight_names(config, fmt)
+    ignored = {"lm_head.weight"} if config.tie_embeddings else set()  # tied checkpoints may carry a copy
+    with torch.device("meta"):
+        ours_shapes = {k: tuple(v.shape) for k, v in config.build().state_dict().items()}
+    problems = [f"{where[k]}: unexpected tensor {k}" for k in sorted(set(where) - set(names) - ignored)
+                if not k.endswith("rotary_emb.inv_freq")]
+    problems += [f"{directory}: missing tensor {k}" for k in names if k not in where]
+    sd: dict[str, torch.Tensor] = {}
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
+        _read(names, where, handles, ours_shapes, sd, problems)
+    if problems:
+        raise ExportError(f"cannot load {directory} into the model:\n  " + "\n  ".join(problems))
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["tok_emb.weight"]
+    return {k: v.contiguous() for k, v in sd.items()}, files
 
 
 # ---- checkpoints -------------------------------------------------------------------------------

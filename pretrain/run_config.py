@@ -141,6 +141,22 @@ def _expand_model_preset(data: dict[str, Any], sources: Sources) -> None:
     data["model"] = base
 
 
+def _move_init_from(data: dict[str, Any], sources: Sources) -> None:
+    """``model.init_from`` is read as ``checkpoint.init_from`` (the model section stays the architecture)."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "init_from" not in model:
+        return
+    value = model.pop("init_from")
+    checkpoint = data.setdefault("checkpoint", {}) or {}
+    if checkpoint.get("init_from") not in (None, value):
+        raise ConfigError([f"{sources.of('model.init_from')}: model.init_from = {value!r} and checkpoint.init_from = "
+                           f"{checkpoint['init_from']!r}: expected one of them (they are the same setting)"])
+    checkpoint["init_from"] = value
+    data["checkpoint"] = checkpoint
+    if "model.init_from" in sources.overridden:
+        sources.overridden["checkpoint.init_from"] = sources.overridden["model.init_from"]
+
+
 def load_run_config(path: str | Path, overrides: list[str] = (), sources: Optional[Sources] = None) -> RunConfig:
     """Read ``path``, apply ``key.sub=value`` overrides, and build the typed config.
 
@@ -150,6 +166,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), sources: Option
     data = load_yaml(path)
     apply_overrides(data, overrides, sources)
     _expand_model_preset(data, sources)
+    _move_init_from(data, sources)
     return from_dict(RunConfig, data, sources)
 
 
@@ -187,6 +204,7 @@ def run_config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunCon
     data = json.loads(json.dumps(data))  # a private copy
     sources = Sources(source)
     _expand_model_preset(data, sources)
+    _move_init_from(data, sources)
     return from_dict(RunConfig, data, sources)
 
 
@@ -322,6 +340,14 @@ def resolve(
                              "checkpoint directory; a branch needs its own run_dir)")
         except CheckpointError as e:
             problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory ({e})")
+    if c.init_from is not None and c.init_from.startswith("hf:") and not file_problems:
+        from .export import ExportError, hf_config_differences
+
+        try:
+            for difference in hf_config_differences(cfg.model, Path(c.init_from[3:])):
+                problems.add("checkpoint.init_from", c.init_from, f"weights that fit the model: {difference}")
+        except ExportError as e:
+            problems.add("checkpoint.init_from", c.init_from, f"a Hugging Face model directory ({e})")
     if cfg.schedule.name == "cooldown" and c.branch_from is not None and not problems.items:
         _fill_cooldown_start(cfg, Path(c.branch_from))
     late = [s for s in c.permanent if s > t.max_steps]

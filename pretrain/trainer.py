@@ -123,6 +123,8 @@ class Trainer:
             from .checkpoint import CheckpointDir
 
             model.load_state_dict(CheckpointDir(start.root).model(start.tag, cfg.model).state_dict())
+        elif start is None and cfg.checkpoint.init_from:  # Hugging Face weights, a fresh run from step 0
+            self._init_from_hf(model, Path(cfg.checkpoint.init_from.removeprefix("hf:")))
         self.engine = build_engine(model, cfg.optimizer, self.ds_config, dist.device, cfg.train.compile)
         torch.manual_seed(cfg.train.seed + 1000 + dist.rank)  # dropout differs between ranks
         self._setup_data()
@@ -130,6 +132,24 @@ class Trainer:
             self._restore(start)
         self.callbacks = self._callbacks()
         return self
+
+    def _init_from_hf(self, model, directory: Path) -> None:
+        """Load ``directory``'s Llama / Phi-3 weights into ``model``; rank 0 records them in lineage.json."""
+        from .checkpoint import atomic_write_text
+        from .config_loader import ConfigError
+        from .export import ExportError, hf_format, load_hf, sha256_files
+
+        try:
+            sd, files = load_hf(directory, self.cfg.model)
+        except ExportError as e:
+            raise ConfigError([f"checkpoint.init_from = hf:{directory}: {e}"]) from None
+        model.load_state_dict(sd)
+        if self.dist.is_main:
+            lineage = {"init_from": str(directory.resolve()), "format": hf_format(directory)[0],
+                       "weights_sha256": sha256_files(files), "step": 0}
+            atomic_write_text(self.run_dir / "lineage.json", json.dumps(lineage, indent=1))
+            print(f"initialized from {directory} ({lineage['format']}, {len(files)} weight file(s)); "
+                  "training starts at step 0", flush=True)
 
     def _setup_data(self) -> None:
         from .data import clean_stale_shared_memory

@@ -125,7 +125,7 @@ def test_export_refusals(trained_run, tmp_path):
     export(trained_run, tmp_path / "taken", overwrite=True, **quiet)
     assert not (tmp_path / "taken" / "x").exists() and (tmp_path / "taken" / "model.safetensors").is_file()
     # architectures transformers' Llama / Phi-3 cannot represent are refused before any work
-    for key, value, fragment in (("pos", "alibi", "ALiBi"), ("mup", {}, "muP"), ("norm", "layernorm", "RMSNorm")):
+    for key, value, fragment in (("pos", "alibi", "ALiBi"), ("norm", "layernorm", "RMSNorm")):
         other = tmp_path / f"run_{key}"
         other.mkdir()
         cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
@@ -141,3 +141,31 @@ def test_export_refusals(trained_run, tmp_path):
 def test_export_cli_error_exit_code(tmp_path):
     res = run_cli([sys.executable, "-m", "pretrain.export", "--run-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.returncode == 2 and "config.yaml not found" in res.stderr
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("fmt", ["llama", "phi3"])
+def test_export_folds_mup_multipliers(tmp_path, tied, fmt):
+    """A muP model (embedding x alpha_input, logits x alpha_output/m, attention 1/d_head) exports with its
+    multipliers folded into the weights: transformers gives our logits; a tied model is written untied."""
+    from safetensors.torch import save_file
+
+    from pretrain.export import hf_config, to_hf_state_dict, unsupported
+    from pretrain.model.config import GPTConfig, MuPConfig
+
+    config = GPTConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                       tie_embeddings=tied, mup=MuPConfig(base_width=32))
+    assert unsupported(config, fmt) == []
+    torch.manual_seed(0)
+    ours = config.build().eval()
+    emb_mult, logit_mult, attn_scale = config.multipliers()
+    assert emb_mult != 1.0 and logit_mult != 1.0 and attn_scale == 1 / 16  # 1/head_dim
+    tensors = {k: v.detach().contiguous() for k, v in to_hf_state_dict(ours.state_dict(), config, fmt).items()}
+    assert "lm_head.weight" in tensors  # untied in the export even when ours is tied
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    cfg = hf_config(config, fmt)
+    assert cfg["tie_word_embeddings"] is False
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logits_of(hf, idx), logits_of(ours, idx), rtol=0, atol=1e-4)
