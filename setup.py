@@ -36,8 +36,10 @@ setup(
     ],
     # the tests load exported checkpoints with transformers, read them with safetensors, and log offline to wandb
     # wandb: logging.wandb in the run config (Weights & Biases), optional
-    extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4", "wandb>=0.17"],
-                    "wandb": ["wandb>=0.17"]},
+    # eval: python -m pretrain.lm_eval (benchmarks with EleutherAI's lm-evaluation-harness), optional
+    extras_require={"test": ["pytest>=8", "transformers>=4.44", "safetensors>=0.4", "wandb>=0.17", "lm-eval>=0.4"],
+                    "wandb": ["wandb>=0.17"],
+                    "eval": ["lm-eval>=0.4"]},
     entry_points={
         "console_scripts": [
             "pretrain=pretrain.main:main",
