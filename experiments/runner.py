@@ -344,6 +344,7 @@ class Runner:
         queue = list(ready)
         running: dict[int, tuple[RunRecord, subprocess.Popen, float, Any]] = {}
         free = list(range(self.slots))
+        retried: set[str] = set()
         try:
             while queue or running:
                 while queue and free:
@@ -358,6 +359,7 @@ class Runner:
                     log = open(rec.run_dir / "train.log", "ab")
                     proc = subprocess.Popen(self._command(rec), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
                     running[slot] = (rec, proc, time.time(), log)
+                    time.sleep(1.0)  # staggered starts: the data loaders' shared memory is named as they start
                 time.sleep(0.5)
                 for slot, (rec, proc, t0, log) in list(running.items()):
                     code = proc.poll()
@@ -368,6 +370,11 @@ class Runner:
                     free.append(slot)
                     status = {0: "done", EXIT_UNSTABLE: "diverged", EXIT_INCOMPLETE: "interrupted"}.get(code, "failed")
                     error = "" if status == "done" else f"exit code {code}: {_tail(rec.run_dir / 'train.log', 5)}"
+                    if status == "failed" and "FileExistsError" in error and rec.spec.label not in retried:
+                        # mosaicml-streaming can hand two loaders starting at once the same shared-memory name
+                        retried.add(rec.spec.label)
+                        queue.append(rec)
+                        continue
                     self._finish(rec, status, time.time() - t0, error)
         finally:
             for rec, proc, _, log in running.values():  # interrupted: the runs save and stop (exit 75)
