@@ -82,7 +82,7 @@ def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, f
                         runs.append(RunSpec(label, over, params))
     notes = []
     if scale != "full":
-        notes.append("a ~0.10M-parameter muP model (width = base width 64) on package documentation; the paper used "
+        notes.append("a ~0.10M-parameter muP model (width = base width 48) on package documentation; the paper used "
                      "111M-1.7B on SlimPajama, so absolute losses are not comparable, only the ordering of schedules")
         notes.append("not detectable at this scale (protocols.md section 4): the 80-vs-200 TPP claim (too little "
                      "text) and the downstream-accuracy gains")

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -351,6 +352,7 @@ class Runner:
                     slot, rec = free.pop(0), queue.pop(0)
                     rec.run_dir.mkdir(parents=True, exist_ok=True)
                     env = dict(os.environ, PRETRAIN_THREADS=str(threads), PRETRAIN_CLEAN_STALE_SHM="0",
+                               PRETRAIN_SHM_LOCK=os.path.join(tempfile.gettempdir(), "pretrain-streaming-shm.lock"),
                                PYTHONUNBUFFERED="1")
                     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
                         env.pop(var, None)

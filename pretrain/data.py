@@ -13,6 +13,7 @@ mosaicml-streaming ``Stream``s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,6 +37,32 @@ def clean_stale_shared_memory() -> None:
     from streaming.base.util import clean_stale_shared_memory as clean
 
     clean()
+
+
+@contextlib.contextmanager
+def shared_memory_lock(world_size: int) -> Iterator[None]:
+    """Holds ``$PRETRAIN_SHM_LOCK`` (an exclusive file lock) while a single-process run creates its loaders.
+
+    mosaicml-streaming names a loader's shared memory by the first prefix it finds free; two processes
+    creating loaders at the same moment can pick the same name (``FileExistsError: /000874_locals``).
+    Whoever starts several runs at once on one machine (``python -m experiments --slots K``) sets the
+    variable to one path for all of them. Unset, or in a multi-rank run (whose ranks create their loaders
+    together), it does nothing.
+    """
+    import os
+
+    path = os.environ.get("PRETRAIN_SHM_LOCK")
+    if not path or world_size > 1:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def is_remote(path: str) -> bool:

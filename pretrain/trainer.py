@@ -152,7 +152,7 @@ class Trainer:
                   "training starts at step 0", flush=True)
 
     def _setup_data(self) -> None:
-        from .data import clean_stale_shared_memory
+        from .data import clean_stale_shared_memory, shared_memory_lock
 
         self._shm_before = _streaming_memory_ids()
         clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
@@ -160,9 +160,10 @@ class Trainer:
         if self.dist.local_rank == 0:
             data.decompress_shards()  # once per node, safe when nodes share the data directory
         barrier()
-        self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
-        self.val = data.build_val_dataset()
-        self.val_per_source = data.build_val_datasets_per_source() if self.cfg.eval.per_source else {}
+        with shared_memory_lock(self.dist.world_size):
+            self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
+            self.val = data.build_val_dataset()
+            self.val_per_source = data.build_val_datasets_per_source() if self.cfg.eval.per_source else {}
 
     def _load(self, start) -> tuple[Any, dict[str, Any]]:
         """Load ``start`` into the engine; a checkpoint refused as unsafe falls back to the previous sound one
