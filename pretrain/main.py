@@ -76,10 +76,15 @@ def exit_now(code: int) -> None:
     The run has closed its files, writers, process group and shared memory by now. What normal exit adds is
     joining idle thread pools (DeepSpeed, streaming) and finalizing torch's modules: 4-7 seconds a rank on 2
     CPU cores, paid by every launch. The ``atexit`` handlers still run and the output is flushed.
+    Under ``launch_scripts/keep_exit_code.py`` (``PRETRAIN_EXIT_DIR`` set), which records the code as the
+    script ends, this is a plain ``sys.exit``.
     """
     import atexit
     import logging
     import os
+
+    if os.environ.get("PRETRAIN_EXIT_DIR"):
+        sys.exit(code)
 
     logging.shutdown()
     atexit._run_exitfuncs()

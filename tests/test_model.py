@@ -360,7 +360,7 @@ NOMINAL_PARAMS = {
     "mup-617m": 617e6,
     "mup-1.7b": 1.7e9,
 }
-NOMINAL_NON_EMBEDDING = {"tiny": 0.11e6, "demo": 0.85e6}
+NOMINAL_NON_EMBEDDING = {"tiny": 0.11e6, "demo": 0.85e6, "cpu-s": 0.056e6}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -96,11 +96,7 @@ def test_phi3_mini_preset_config_is_transformers_phi3_mini():
         (dict(norm="layernorm"), "RMSNorm"),
         (dict(mlp="gelu"), "SwiGLU"),
         (dict(qk_norm=True), "QK-norm"),
-        (dict(mup=MuPConfig()), "muP"),
-        (dict(emb_mult=2.0), "embedding multiplier"),
-        (dict(logit_mult=0.5), "logit multiplier"),
-        (dict(attn_scale=0.01), "1/sqrt(head_dim)"),
-    ],
+    ],  # muP and the forward multipliers are exportable: they are folded into the weights (tests/test_export.py)
 )
 @pytest.mark.parametrize("fmt", ["llama", "phi3"])
 def test_unrepresentable_architectures_refused(fmt, overrides, fragment):
@@ -109,4 +105,6 @@ def test_unrepresentable_architectures_refused(fmt, overrides, fragment):
     assert len(reasons) == 1 and fragment in reasons[0], reasons
     assert unsupported(GPTConfig(**BASE), fmt) == []
     assert any("bias" in r for r in unsupported(GPTConfig(**BASE, bias=True), "phi3"))
-    assert unsupported(get_preset("mup-111m"), fmt)  # the D2Z models (ALiBi, LayerNorm, muP) are not exportable
+    assert unsupported(get_preset("mup-111m"), fmt)  # the D2Z models (ALiBi, LayerNorm) are not exportable
+    for folded in (dict(mup=MuPConfig()), dict(emb_mult=2.0), dict(logit_mult=0.5), dict(attn_scale=0.01)):
+        assert unsupported(dataclasses.replace(GPTConfig(**BASE), **folded), fmt) == []
