@@ -65,11 +65,12 @@ def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, f
                   dynamic=True)
     law = _fit_if_ready(study, out, fit_labels) if out is not None else None
     if law is not None:
-        from pretrain.forecast import optimize_schedule, schedule_override
+        from pretrain.forecast import FAMILIES, optimize_schedule, schedule_override
 
         base = study.spec(f"d2z:Linear-D2Z/tpp{tpp:g}/lr{lr:.3g}/seed0")
         cfg, steps, warmup = _budget(study, base)
-        sched, predicted = optimize_schedule(law, lr, steps, warmup, family="all", alpha=cfg.dual_alpha())
+        sched, predicted = min((optimize_schedule(law, lr, steps, warmup, family=f, alpha=cfg.dual_alpha())
+                                for f in FAMILIES), key=lambda x: x[1])
         over = tuple(o for o in base.overrides if not o.startswith("schedule.")) + (schedule_override(sched),)
         runs.append(RunSpec("optimized", over, {"schedule": "optimized", "source": "forecast", "tpp": tpp, "lr": lr,
                                                 "seed": 0, "predicted": predicted}))
