@@ -92,8 +92,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"wrote {path}")
         return 0
 
+    import signal
+
     from .runner import Runner, StudyInterrupted
 
+    def _stop(signum, frame):  # SIGTERM (a scheduler, kill): stop like Ctrl-C, so running runs save and stop too
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _stop)
     while True:
         runner = Runner(study, out, slots=args.slots, gpus=args.gpus, checkpoint_minutes=args.checkpoint_minutes,
                         total_steps=study_plan.steps())
