@@ -13,12 +13,13 @@ def save_figure(path: Path, draw: Callable[..., Any], *args: Any, size: tuple[fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pretrain.plot import save_atomic
+
     fig = plt.figure(figsize=size)
     try:
         draw(fig, *args)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return save_atomic(fig, path)

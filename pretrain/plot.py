@@ -53,10 +53,20 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None, baseline: Op
     ax_lr.set_xlabel("optimizer step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out) if out else run_dir / "loss.png"
+    return save_atomic(fig, Path(out) if out else run_dir / "loss.png")
+
+
+def save_atomic(fig, out: Path, dpi: int = 110) -> Path:
+    """Save ``fig`` as the PNG ``out`` (written to a temporary name, then renamed) and close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     tmp.replace(out)
     return out
 

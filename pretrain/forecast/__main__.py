@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..config_loader import ConfigError
+from ..plot import save_atomic
 from ..schedules.__main__ import label, parse_spec
 from .fit import FittedLaw, ForecastError, fit_law, read_run
 from .laws import get_law
@@ -177,12 +178,7 @@ def plot(rows, out: Path, title: str) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_atomic(fig, out)
 
 
 def main(argv=None) -> int:

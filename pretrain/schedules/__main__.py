@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..config_loader import ConfigError, Sources, from_dict
+from ..plot import save_atomic
 from . import ScheduleConfig
 from .dual import coefficients, smoothing, summarize
 
@@ -121,12 +122,7 @@ def plot(rows, lr: float, out: Path, title: str) -> Path:
     ax_lr.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_atomic(fig, out)
 
 
 if __name__ == "__main__":
