@@ -94,12 +94,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import signal
 
-    from .runner import Runner, StudyInterrupted
-
     def _stop(signum, frame):  # SIGTERM (a scheduler, kill): stop like Ctrl-C, so running runs save and stop too
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, _stop)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run(args, study, study_plan, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # as it was: main() may be called in a process that goes on
+
+
+def _run(args, study, study_plan, out) -> int:
+    """Train the study's runs (again while it grows: forecast), then write its report; 75 when stopped."""
+    from .estimate import plan
+    from .runner import Runner, StudyInterrupted
+
     while True:
         runner = Runner(study, out, slots=args.slots, gpus=args.gpus, checkpoint_minutes=args.checkpoint_minutes,
                         total_steps=study_plan.steps())

@@ -410,6 +410,12 @@ class Trainer:
             self.logger.wandb.finish(exit_code=1)  # still open: the run failed before its end
         self.callbacks = []
         self.evaluator = self.logger = None
+        if self.engine is not None:
+            try:  # its hooks (held by torch's C++ side, out of the garbage collector's sight) would keep it alive
+                self.engine.destroy()
+            except Exception as e:  # noqa: BLE001  (closing after a failure: report it, do not hide the failure)
+                self._warn(f"DeepSpeed engine.destroy() failed ({type(e).__name__}: {e}); its memory may be kept "
+                           "until the process ends")
         self.engine = self.loader = self.val = None
         self.val_per_source = {}
         gc.collect()
