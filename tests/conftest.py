@@ -65,40 +65,101 @@ def spawn_ranks(args: list[str], nproc: int = 2, env: dict | None = None, stdout
 
 
 def run_ranks(args: list[str], nproc: int = 2, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python pretrain.py ARGS`` on ``nproc`` ranks without a launcher process (:func:`spawn_ranks`).
+    """``python pretrain.py ARGS`` on ``nproc`` ranks without a launcher process, in the standing ranks of
+    :class:`RankPool` (no interpreter start and imports per launch).
 
     For tests of what the ranks do together (checkpoints, resume, branches); the launchers themselves
-    (deepspeed, torchrun, the scripts) have their own tests. Returns the ranks' output (rank 0's first) and
-    an exit code as DeepSpeed's launcher gives it: 0 if every rank returned 0, else the first non-zero one;
+    (deepspeed, torchrun, the scripts) and what happens to processes (signals, kill -9) have their own
+    tests with real processes (:func:`spawn_ranks`). Returns the ranks' output (rank 0's first) and an
+    exit code as DeepSpeed's launcher gives it: 0 if every rank returned 0, else the first non-zero one;
     like the launchers, a failed rank takes the others down (after a grace period).
     """
-    import tempfile
-    import time
+    pool = _POOLS.get(nproc)
+    if pool is None or not pool.alive():
+        pool = _POOLS[nproc] = RankPool(nproc)
+    return pool.run(args, env or {}, timeout)
 
-    outs = [tempfile.TemporaryFile("w+") for _ in range(nproc)]  # files: a full pipe cannot stall a rank
-    errs = [tempfile.TemporaryFile("w+") for _ in range(nproc)]
-    procs, _ = spawn_ranks(args, nproc, env, outs, errs)
-    try:
-        deadline, failed_at = time.time() + timeout, None
-        while any(p.poll() is None for p in procs) and time.time() < deadline:
-            if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+
+class RankPool:
+    """``nproc`` standing rank processes (``tests/rank_worker.py``) that run launches one after another."""
+
+    GRACE_S = 15  # how long the other ranks get after one failed, before they are taken down
+
+    def __init__(self, nproc: int):
+        import tempfile
+
+        self.nproc = nproc
+        self.dir = Path(tempfile.mkdtemp(prefix="rank_pool_"))
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.logs = [open(self.dir / f"rank{r}.log", "w") for r in range(nproc)]
+        self.procs = []
+        for rank in range(nproc):
+            rank_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "RANK": str(rank),
+                        "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+                        "MASTER_ADDR": "127.0.0.1"}
+            self.procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_worker.py")], cwd=ROOT,
+                                               env=rank_env, stdin=subprocess.PIPE, stdout=self.logs[rank],
+                                               stderr=subprocess.STDOUT, text=True))
+        self.launches = 0
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def run(self, args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+        import json
+        import time
+
+        self.launches += 1
+        results = [self.dir / f"launch{self.launches}_rank{r}.json" for r in range(self.nproc)]
+        cmd_env = {**{k: str(v) for k, v in env.items()}, "MASTER_PORT": str(free_port())}
+        for proc, result in zip(self.procs, results):
+            proc.stdin.write(json.dumps({"args": list(args), "env": cmd_env, "result": str(result)}) + "\n")
+            proc.stdin.flush()
+        deadline, failed_at, codes = time.time() + timeout, None, [None] * self.nproc
+        outs, errs = [""] * self.nproc, [""] * self.nproc
+        while None in codes:
+            for r, result in enumerate(results):
+                if codes[r] is None and result.exists():
+                    got = json.loads(result.read_text())
+                    codes[r], outs[r], errs[r] = got["code"], got["stdout"], got["stderr"]
+                elif codes[r] is None and self.procs[r].poll() is not None:  # the rank process itself died
+                    codes[r] = self.procs[r].returncode or 1
+                    errs[r] = f"rank {r} died (exit {self.procs[r].returncode}):\n{self._log_tail(r)}"
+            if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = time.time()
-            if failed_at is not None and time.time() - failed_at > 15:
+            if None in codes and ((failed_at is not None and time.time() - failed_at > self.GRACE_S)
+                                  or time.time() > deadline):
+                for r in range(self.nproc):
+                    if codes[r] is None:
+                        codes[r], errs[r] = -9, f"rank {r} taken down (still running):\n{self._log_tail(r)}"
+                self.close()  # ranks stuck in a collective: the next launch gets new processes
                 break
             time.sleep(0.05)
-        codes = [p.poll() for p in procs]
-    finally:
-        for p in procs:
+        code = next((c for c in codes if c != 0), 0)
+        return subprocess.CompletedProcess(["pretrain.py", *args], code, "".join(outs), "".join(errs))
+
+    def _log_tail(self, rank: int) -> str:
+        self.logs[rank].flush()
+        return (self.dir / f"rank{rank}.log").read_text()[-3000:]
+
+    def close(self) -> None:
+        for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    texts = []
-    for f in outs + errs:
-        f.seek(0)
-        texts.append(f.read())
-        f.close()
-    code = next((c if c is not None else -9 for c in codes if c != 0), 0)
-    return subprocess.CompletedProcess(["pretrain.py", *args], code, "".join(texts[:nproc]), "".join(texts[nproc:]))
+        for f in self.logs:
+            f.close()
+
+
+_POOLS: dict[int, RankPool] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import gc
+
+    for pool in _POOLS.values():
+        pool.close()
+    gc.unfreeze()  # (see _settled_heap) the interpreter's own teardown then finds every object
 
 
 def free_port() -> int:
@@ -111,18 +172,55 @@ def free_port() -> int:
 def tiny_data(tmp_path_factory) -> Path:
     """A real corpus (1 MB of stdlib docstrings), a 512-piece tokenizer, MDS shards of 64+1 tokens."""
     root = tmp_path_factory.mktemp("tiny_data")
-    py = sys.executable
     steps = [
-        [py, "-m", "data_prep", "demo-corpus", "--output", str(root / "raw"), "--max-mb", "1"],
-        [py, "-m", "data_prep", "train-tokenizer", "--input", str(root / "raw"), "--output",
-         str(root / "tok.model"), "--vocab-size", "512"],
-        [py, "-m", "data_prep", "tokenize", "--input", str(root / "raw"), "--output", str(root / "tokens"),
-         "--tokenizer", str(root / "tok.model"), "--seq-len", str(TINY_SEQ_LEN), "--val-fraction", "0.05"],
+        ["demo-corpus", "--output", str(root / "raw"), "--max-mb", "1"],
+        ["train-tokenizer", "--input", str(root / "raw"), "--output", str(root / "tok.model"), "--vocab-size", "512"],
+        ["tokenize", "--input", str(root / "raw"), "--output", str(root / "tokens"), "--tokenizer",
+         str(root / "tok.model"), "--seq-len", str(TINY_SEQ_LEN), "--val-fraction", "0.05"],
     ]
-    for cmd in steps:
-        res = run_cli(cmd)
-        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    for args in steps:
+        res = run_data_prep(args)
+        assert res.returncode == 0, f"data_prep {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return root / "tokens"
+
+
+def run_data_prep(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m data_prep ARGS`` run in this process: its exit code, stdout and stderr.
+
+    The same ``data_prep.__main__.main``; its tokenize workers fork from one forkserver per process, which
+    imports streaming & co once (~8 s) instead of once per command. Tests of the command line itself
+    (``--help``, exit codes of killed runs) start ``python -m data_prep``.
+    """
+    import contextlib
+    import io
+    import logging
+
+    from data_prep.__main__ import main
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 1
+    finally:  # the command line's logging set-up (INFO to stderr) ends with the command
+        root.setLevel(level)
+        root.handlers[:] = handlers
+    return subprocess.CompletedProcess(["data_prep", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def per_source_data(tiny_data, tmp_path_factory) -> Path:
+    """The tiny corpus (two SlimPajama sources) tokenized with one MDS dataset per source."""
+    out = tmp_path_factory.mktemp("per_source") / "tokens"
+    raw, tok = tiny_data.parent / "raw", tiny_data.parent / "tok.model"
+    res = run_data_prep(["tokenize", "--input", str(raw), "--output", str(out), "--tokenizer", str(tok), "--seq-len", "64",
+                         "--val-fraction", "0.05", "--per-source", "-q"])
+    assert res.returncode == 0, res.stderr
+    return out
 
 
 def tiny_overrides(data_dir: Path, run_dir: Path, **extra) -> list[str]:
@@ -176,3 +274,41 @@ def run_pretrain(args: list[str], env: dict | None = None, timeout: int = 600) -
             signal.signal(s, h)
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["pretrain.py", *args], code, out.getvalue(), err.getvalue())
+
+
+_SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back():
+    """Every test leaves this process's signal handlers as it found them.
+
+    A handler left behind changes later tests, and an ignored signal is even inherited by every process
+    started afterwards (a shell cannot trap a signal that was ignored when it started).
+    """
+    import signal
+
+    before = {name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS}
+    yield
+    after = {name: signal.getsignal(getattr(signal, name)) for name in _SIGNALS}
+    changed = {name: (before[name], after[name]) for name in _SIGNALS if after[name] != before[name]}
+    for name in changed:
+        signal.signal(getattr(signal, name), before[name])
+    assert not changed, f"the test left signal handlers changed (before, after): {changed}"
+
+
+@pytest.fixture(autouse=True)
+def _settled_heap():
+    """Each test starts with the objects alive before it moved out of the garbage collector's scans.
+
+    A run in this process ends with a full collection and two walks over every object (streaming's shared
+    memory, ``pretrain.trainer``): in a process that has imported torch, DeepSpeed, streaming,
+    transformers and wandb, 2-3 s a run, paid by every in-process run of the suite. Frozen (``gc.freeze``),
+    what earlier tests left is skipped by those scans; the runs of this test are still collected and
+    released as they are everywhere.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield

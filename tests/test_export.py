@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from pretrain.export import ExportError, export, load_gpt
-from tests.conftest import ROOT, free_port, run_cli, tiny_overrides
+from tests.conftest import ROOT, run_cli, run_ranks, tiny_overrides
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,14 +24,13 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_data, tmp_path_factory) -> Path:
-    """`pretrain.py` on two torchrun ranks, tiny GQA model, complete checkpoints at steps 2 and 4."""
+    """`pretrain.py` on two ranks, tiny GQA model, complete checkpoints at steps 2 and 4."""
     run_dir = tmp_path_factory.mktemp("export") / "run"
     overrides = tiny_overrides(tiny_data, run_dir, **{
         "train.max_steps": 4, "train.global_batch_size": 4, "checkpoint.interval": 2, "eval.interval": 0,
         "eval.max_samples": 4, "logging.tensorboard": False, "model.n_kv_heads": 2,
     })
-    res = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                   str(free_port()), "pretrain.py", "--config", DEMO, *overrides])
+    res = run_ranks(["--config", DEMO, *overrides], 2)
     assert res.returncode == 0, f"STDOUT:\n{res.stdout[-3000:]}\nSTDERR:\n{res.stderr[-5000:]}"
     tags = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").is_file())
     assert tags == ["step_00000002", "step_00000004"]

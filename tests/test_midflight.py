@@ -18,10 +18,11 @@ import torch
 
 from pretrain import train
 from pretrain.checkpoint import CheckpointDir, commit
+from pretrain.evaluate import main as evaluate_main
 from pretrain.main import parse_args
 from pretrain.schedules import ScheduleConfig
 from pretrain.trainer import LaunchError
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.conftest import ROOT, run_cli, run_data_prep, tiny_overrides
 from tests.test_checkpoint import launch, losses, ok
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
@@ -35,6 +36,11 @@ def run(tiny_data, run_dir: Path, branch_from: Path | None = None, **overrides):
     if branch_from is not None:
         ov.append(f"checkpoint.branch_from={branch_from}")
     return train(DEMO, ov)
+
+
+def last_json(capsys) -> dict:
+    """The JSON line that ``python -m pretrain.evaluate --json``, called in this process, printed last."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -144,9 +150,8 @@ def small_data(tiny_data, tmp_path_factory) -> Path:
     for i in range(10):
         (root / "raw").mkdir(exist_ok=True)
         (root / "raw" / f"doc{i}.txt").write_text(textwrap.dedent(text[i * 400:(i + 1) * 400]))
-    res = run_cli([sys.executable, "-m", "data_prep", "tokenize", "--input", str(root / "raw"), "--output",
-                   str(root / "tokens"), "--tokenizer", str(tiny_data.parent / "tok.model"), "--seq-len", "64",
-                   "--val-fraction", "0.3", "-q"])
+    res = run_data_prep(["tokenize", "--input", str(root / "raw"), "--output", str(root / "tokens"), "--tokenizer",
+                         str(tiny_data.parent / "tok.model"), "--seq-len", "64", "--val-fraction", "0.3", "-q"])
     assert res.returncode == 0, res.stderr
     return root / "tokens"
 
@@ -190,7 +195,7 @@ def test_options_and_overrides_mix_in_any_order():
 
 # -- 5. checkpoint merging ------------------------------------------------------------------------
 
-def test_merge_evaluate_export_and_branch(tiny_data, tmp_path):
+def test_merge_evaluate_export_and_branch(tiny_data, tmp_path, capsys):
     from pretrain.merge import main as merge_main, merge_weights
 
     run_dir = tmp_path / "run"
@@ -216,12 +221,10 @@ def test_merge_evaluate_export_and_branch(tiny_data, tmp_path):
     assert merge_main([str(run_dir), "--last", "2", "--weights", "median"]) == 2
 
     # Evaluated with the trainer's evaluation: a real checkpoint's loss is what the run logged at that step.
-    res = run_cli([sys.executable, "-m", "pretrain.evaluate", str(ckpt(run_dir, 6)), "--json"])
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["val_loss"] == pytest.approx(records(run_dir)[-1]["val_loss"], rel=1e-5)
-    res = run_cli([sys.executable, "-m", "pretrain.evaluate", str(tmp_path / "two" / "step_00000006"), "--json"])
-    assert res.returncode == 0, res.stderr
-    merged_loss = json.loads(res.stdout)["val_loss"]
+    assert evaluate_main([str(ckpt(run_dir, 6)), "--json"]) == 0
+    assert last_json(capsys)["val_loss"] == pytest.approx(records(run_dir)[-1]["val_loss"], rel=1e-5)
+    assert evaluate_main([str(tmp_path / "two" / "step_00000006"), "--json"]) == 0
+    merged_loss = last_json(capsys)["val_loss"]
     assert math.isfinite(merged_loss) and merged_loss != records(run_dir)[-1]["val_loss"]
 
     # Exported, and branched from: the merged weights, the source's counters and data position.
@@ -238,12 +241,8 @@ def test_merge_evaluate_export_and_branch(tiny_data, tmp_path):
 
 # -- 6. evaluation --------------------------------------------------------------------------------
 
-def test_validation_at_step_0_and_per_source(tiny_data, tmp_path):
-    per_source = tmp_path / "ps"
-    res = run_cli([sys.executable, "-m", "data_prep", "tokenize", "--input", str(tiny_data.parent / "raw"), "--output",
-                   str(per_source), "--tokenizer", str(tiny_data.parent / "tok.model"), "--seq-len", "64",
-                   "--val-fraction", "0.05", "--per-source", "-q"])
-    assert res.returncode == 0, res.stderr
+def test_validation_at_step_0_and_per_source(per_source_data, tmp_path, capsys):
+    per_source = per_source_data
     sources = sorted(json.loads((per_source / "manifest.json").read_text())["splits"]["val"]["sources"])
     assert len(sources) >= 2
     run_dir = tmp_path / "run"
@@ -254,9 +253,8 @@ def test_validation_at_step_0_and_per_source(tiny_data, tmp_path):
     assert rest[-1]["val_loss"] < first["val_loss"]
     for rec in (first, rest[-1]):
         assert all(math.isfinite(rec[f"val_loss/{s}"]) for s in sources)
-    res = run_cli([sys.executable, "-m", "pretrain.evaluate", str(ckpt(run_dir, 2)), "--json"])
-    assert res.returncode == 0, res.stderr
-    assert set(json.loads(res.stdout)) >= {f"val_loss/{s}" for s in sources}
+    assert evaluate_main([str(ckpt(run_dir, 2)), "--json"]) == 0
+    assert set(last_json(capsys)) >= {f"val_loss/{s}" for s in sources}
 
 
 # -- 7. a checkpoint holding something other than weights -----------------------------------------
@@ -275,7 +273,7 @@ def _plant(path: Path, tmp_path: Path) -> None:
     commit(path, marker)
 
 
-def test_a_pickled_object_in_a_sound_looking_checkpoint_is_refused_without_a_traceback(tiny_data, tmp_path):
+def test_a_pickled_object_in_a_sound_looking_checkpoint_is_refused_without_a_traceback(tiny_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
     ov = {"train.max_steps": 4, "checkpoint.interval": 2, "checkpoint.keep_last": 3, "eval.interval": 0}
     ok(launch(tiny_data, run_dir, nproc=1, **ov))
@@ -294,8 +292,12 @@ def test_a_pickled_object_in_a_sound_looking_checkpoint_is_refused_without_a_tra
             _plant(ckpt(run_dir, step), tmp_path)
     res = launch(tiny_data, run_dir, nproc=1, **{**ov, "train.max_steps": 8})
     assert res.returncode == 3 and "Traceback" not in res.stderr and "refused" in res.stderr
-    for cmd in (["pretrain.export", "--run-dir", str(run_dir), "--out", str(tmp_path / "hf")],
-                ["pretrain.evaluate", str(ckpt(run_dir, 6))]):
-        res = run_cli([sys.executable, "-m", *cmd])
-        assert res.returncode != 0 and "Traceback" not in res.stderr and "refused" in res.stderr, res.stderr
+    from pretrain.export import main as export_main
+
+    # The export and evaluate commands (their main, in this process: an exception would fail the test here).
+    for main, argv in ((export_main, ["--run-dir", str(run_dir), "--out", str(tmp_path / "hf")]),
+                       (evaluate_main, [str(ckpt(run_dir, 6))])):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code != 0 and "refused" in err, err
     assert not (tmp_path / "pwned").exists()

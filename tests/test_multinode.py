@@ -303,6 +303,11 @@ exit {torchrun_code}
     assert ("exit code 75 (relaunch to continue)" in res.stderr) == (expected == 75 and torchrun_code != 0)
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,torchrun_sig,expected", [
     ("TERM", "TERM", 75), ("USR1", "USR1", 75), ("HUP", "TERM", 75),  # the ranks save and stop
     ("INT", "INT", 130),  # Ctrl-C: passed on once (the ranks do not catch SIGINT)
@@ -320,8 +325,10 @@ wait
 exit 3
 """)
     env = {**os.environ, **_stand_in_env(tmp_path / "bin")}
+    # As from a terminal or a scheduler: the signals at their defaults, even where this test runs with some
+    # ignored (under nohup, or started in the background by a shell: a shell cannot trap an inherited SIG_IGN).
     proc = subprocess.Popen(["bash", TORCHRUN_SH, DEMO], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from pretrain.schedules import ScheduleConfig
-from tests.conftest import ROOT, free_port, run_cli, run_pretrain, tiny_overrides
+from tests.conftest import ROOT, free_port, run_cli, run_pretrain, run_ranks, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
 pytestmark = pytest.mark.distributed
@@ -84,7 +86,7 @@ def test_plain_python_single_process_and_resume(tiny_data, tmp_path):
     first = check_run(run_cli(base + ov), run_dir, 4)
     assert all(r["z_loss"] > 0 for r in first)  # the z-loss term is logged apart from the cross-entropy
     ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 6, "checkpoint.interval": 2, "model.z_loss": 1e-4})
-    res = run_cli(base + ov)
+    res = run_pretrain(base[2:] + ov)  # the same main, in this process (no second interpreter start)
     recs = check_run(res, run_dir, 6)
     assert "resumed from" in res.stdout and "step_00000004" in res.stdout
     assert recs[:4] == first  # earlier records kept as they were
@@ -93,15 +95,20 @@ def test_plain_python_single_process_and_resume(tiny_data, tmp_path):
     assert kept == ["step_00000004", "step_00000006"]  # keep_last 2
 
 
-@pytest.mark.parametrize("stage,optimizer", [(1, "adamw"), (3, "sgd")])
-def test_torchrun_two_ranks_other_zero_stages(tiny_data, tmp_path, stage, optimizer):
+@pytest.mark.parametrize("stage,optimizer,launcher", [(1, "adamw", None), (3, "sgd", "torchrun")])
+def test_two_ranks_other_zero_stages(tiny_data, tmp_path, stage, optimizer, launcher):
+    """ZeRO-1 with AdamW and ZeRO-3 with SGD on 2 ranks; the ZeRO-3 run under torchrun."""
     run_dir = tmp_path / "run"
     extra = {"optimizer.momentum": 0.9, "optimizer.lr": 0.3} if optimizer == "sgd" else {}
     ov = tiny_overrides(tiny_data, run_dir, **{"train.max_steps": 3, "deepspeed.config": f"ds_configs/zero{stage}.json",
                                                 "optimizer.name": optimizer, **extra})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "pretrain.py", "--config", DEMO, *ov]
-    recs = check_run(run_cli(cmd), run_dir, 3)
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "pretrain.py", "--config", DEMO, *ov]
+        res = run_cli(cmd)
+    else:
+        res = run_ranks(["--config", DEMO, *ov], 2)
+    recs = check_run(res, run_dir, 3)
     assert recs[-1]["loss"] < recs[0]["loss"]
     files = json.loads((run_dir / "checkpoints" / "step_00000003" / "MANIFEST.json").read_text())["files"]
     assert any(f"zero_pp_rank_1" in n for n in files)
@@ -116,17 +123,6 @@ def test_single_gpu_bf16_uses_cuda(tiny_data, tmp_path):
                   env={**env, "DS_ACCELERATOR": "cuda"})
     recs = check_run(res, run_dir, 6)
     assert recs[-1]["loss"] < recs[0]["loss"]
-
-
-@pytest.fixture(scope="module")
-def per_source_data(tiny_data, tmp_path_factory) -> Path:
-    """The tiny corpus (two SlimPajama sources) tokenized with one MDS dataset per source."""
-    out = tmp_path_factory.mktemp("per_source") / "tokens"
-    raw, tok = tiny_data.parent / "raw", tiny_data.parent / "tok.model"
-    res = run_cli([sys.executable, "-m", "data_prep", "tokenize", "--input", str(raw), "--output", str(out),
-                   "--tokenizer", str(tok), "--seq-len", "64", "--val-fraction", "0.05", "--per-source", "-q"])
-    assert res.returncode == 0, res.stderr
-    return out
 
 
 def test_sources_mixed_by_proportion(per_source_data, tmp_path):
@@ -180,12 +176,10 @@ def test_in_process_runs_back_to_back_match_separate_processes(tiny_data, tmp_pa
     """`pretrain.train()` twice in one process: bitwise the losses of the same two runs as separate launches.
 
     Nothing leaks between the runs: process group and DeepSpeed's cached groups, streaming's shared
-    memory, RNG, threads and signal handlers.
+    memory, RNG, threads and signal handlers; and no engine (with its model) outlives its run.
     """
     runs = {name: tiny_overrides(tiny_data, tmp_path / "sep" / name, **{"train.seed": seed, "model.dropout": 0.1})
             for name, seed in (("a", 1), ("b", 2))}
-    for name, ov in runs.items():
-        check_run(run_cli([sys.executable, "pretrain.py", "--config", DEMO, *ov]), tmp_path / "sep" / name, 6)
     script = (
         "import json, signal, sys, torch\n"
         "from pretrain import train\n"
@@ -193,9 +187,23 @@ def test_in_process_runs_back_to_back_match_separate_processes(tiny_data, tmp_pa
         f"runs = {json.dumps({k: [o.replace(str(tmp_path / 'sep'), str(tmp_path / 'one')) for o in v] for k, v in runs.items()})}\n"
         "out = {k: train(sys.argv[1], v) for k, v in runs.items()}\n"
         "assert (torch.get_num_threads(), signal.getsignal(signal.SIGTERM)) == before\n"
+        "import gc; from deepspeed.runtime.engine import DeepSpeedEngine; gc.collect()\n"
+        "assert not [o for o in gc.get_objects() if isinstance(o, DeepSpeedEngine)], 'an engine outlived its run'\n"
         "print(json.dumps({k: [r.code, str(r.run_dir), r.step, r.val_loss] for k, r in out.items()}))\n"
     )
-    res = run_cli([sys.executable, "-c", script, DEMO])
+    # The three processes side by side, one thread each (the same thread count gives the same sums), set up
+    # as `python -m experiments --slots K` sets up its runs: no cleaning of the others' shared memory, and
+    # one lock around creating the data loaders.
+    cmds = [[sys.executable, "pretrain.py", "--config", DEMO, *ov] for ov in runs.values()]
+    cmds.append([sys.executable, "-c", script, DEMO])
+    env = {**os.environ, "PRETRAIN_THREADS": "1", "PYTHONUNBUFFERED": "1", "PRETRAIN_CLEAN_STALE_SHM": "0",
+           "PRETRAIN_SHM_LOCK": str(tmp_path / "shm.lock")}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for name, (proc, (out, err)) in zip(runs, zip(procs, outs)):
+        check_run(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), tmp_path / "sep" / name, 6)
+    res = subprocess.CompletedProcess(procs[-1].args, procs[-1].returncode, *outs[-1])
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     for name in runs:
