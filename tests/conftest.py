@@ -46,18 +46,23 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout:
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def _rank_env(rank: int, nproc: int) -> dict[str, str]:
+    """This process's environment for rank ``rank`` of ``nproc`` on this machine, as every launcher sets it
+    (less MASTER_PORT); the interpreter's bin first on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "RANK": str(rank), "WORLD_SIZE": str(nproc),
+            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1"}
+
+
 def spawn_ranks(args: list[str], nproc: int = 2, env: dict | None = None, stdout=None, stderr=None
                 ) -> tuple[list[subprocess.Popen], str]:
     """Start ``python pretrain.py ARGS`` as ``nproc`` ranks on this machine, the way every launcher starts them
     (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT), without a launcher process.
     Returns the processes and the rendezvous port."""
     port = str(free_port())
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     procs = []
     for rank in range(nproc):
-        rank_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {}), "RANK": str(rank),
-                    "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        rank_env = {**_rank_env(rank, nproc), **(env or {}), "MASTER_PORT": port}
         procs.append(subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=rank_env,
                                       stdout=stdout[rank] if isinstance(stdout, list) else stdout,
                                       stderr=stderr[rank] if isinstance(stderr, list) else stderr, text=True))
@@ -90,15 +95,11 @@ class RankPool:
 
         self.nproc = nproc
         self.dir = Path(tempfile.mkdtemp(prefix="rank_pool_"))
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         self.logs = [open(self.dir / f"rank{r}.log", "w") for r in range(nproc)]
         self.procs = []
-        for rank in range(nproc):
-            rank_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "RANK": str(rank),
-                        "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-                        "MASTER_ADDR": "127.0.0.1"}
+        for rank in range(nproc):  # MASTER_PORT comes with each launch
             self.procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_worker.py")], cwd=ROOT,
-                                               env=rank_env, stdin=subprocess.PIPE, stdout=self.logs[rank],
+                                               env=_rank_env(rank, nproc), stdin=subprocess.PIPE, stdout=self.logs[rank],
                                                stderr=subprocess.STDOUT, text=True))
         self.launches = 0
 
@@ -249,31 +250,9 @@ def run_pretrain(args: list[str], env: dict | None = None, timeout: int = 600) -
     back afterwards. Tests of process-level behaviour (signals, kill -9, separate processes, no
     traceback on stderr) use ``run_cli`` instead.
     """
-    import contextlib
-    import io
-    import signal
+    from tests.inprocess import call_pretrain
 
-    import deepspeed  # noqa: F401  (imported before the streams are redirected: its logger keeps the real ones)
-    import torch
-
-    from pretrain.main import main
-    from pretrain.trainer import _world_of_one, temporary_env
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    threads = torch.get_num_threads()
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.chdir(ROOT), temporary_env(env or {}), _world_of_one(), \
-                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as e:  # argparse
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        torch.set_num_threads(threads)
-    return subprocess.CompletedProcess(["pretrain.py", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["pretrain.py", *args], *call_pretrain(args, env))
 
 
 _SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2")

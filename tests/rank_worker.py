@@ -14,49 +14,25 @@ separate processes (test_checkpoint's resume tests) check that nothing leaks bet
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import json
 import os
-import signal
 import sys
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve() -> None:
-    import deepspeed  # noqa: F401  (before any redirection: its logger keeps the streams it saw first)
-    import torch
+    from tests.inprocess import call_pretrain
 
-    from pretrain.main import main
-    from pretrain.trainer import temporary_env
-
-    threads = torch.get_num_threads()
     for line in sys.stdin:
         gc.collect()
         gc.freeze()  # what is alive now is left out of the next launch's collections and scans (see conftest)
         cmd = json.loads(line)
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.chdir(ROOT), temporary_env(cmd["env"]), \
-                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    code = main(cmd["args"])
-                except SystemExit as e:  # argparse
-                    code = e.code if isinstance(e.code, int) else 1
-                except BaseException:  # noqa: BLE001  (what would end a process: its traceback, exit 1)
-                    traceback.print_exc()
-                    code = 1
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            torch.set_num_threads(threads)
+        code, out, err = call_pretrain(cmd["args"], cmd["env"], catch_errors=True)
         tmp = Path(cmd["result"] + ".tmp")
-        tmp.write_text(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}))
+        tmp.write_text(json.dumps({"code": code, "stdout": out, "stderr": err}))
         os.replace(tmp, cmd["result"])
 
 

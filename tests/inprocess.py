@@ -1,0 +1,49 @@
+"""``python pretrain.py ARGS`` called in this process: for the tests' in-process runs (``conftest.run_pretrain``)
+and the standing ranks (``rank_worker.py``), without an interpreter start and imports per run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def call_pretrain(args: Sequence[str], env: Optional[dict] = None, catch_errors: bool = False) -> tuple[int, str, str]:
+    """The same ``pretrain.main.main`` as the command line: its exit code, stdout and stderr.
+
+    A world of one unless RANK and WORLD_SIZE are set. The environment, signal handlers, torch threads and
+    working directory are put back afterwards. ``catch_errors``: an exception ends the call as it would end
+    the process (its traceback on stderr, exit code 1) instead of propagating.
+    """
+    import signal
+
+    import deepspeed  # noqa: F401  (imported before the streams are redirected: its logger keeps the real ones)
+    import torch
+
+    from pretrain.main import main
+    from pretrain.trainer import _world_of_one, temporary_env
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(ROOT), temporary_env({k: str(v) for k, v in (env or {}).items()}), _world_of_one(), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001
+                if not catch_errors:
+                    raise
+                traceback.print_exc()
+                code = 1
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
