@@ -144,12 +144,15 @@ class RankPool:
         return (self.dir / f"rank{rank}.log").read_text()[-3000:]
 
     def close(self) -> None:
+        import shutil
+
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
         for f in self.logs:
             f.close()
+        shutil.rmtree(self.dir, ignore_errors=True)  # the logs' tails are in the messages of the launches that failed
 
 
 _POOLS: dict[int, RankPool] = {}
