@@ -195,25 +195,19 @@ def run_data_prep(args: list[str]) -> subprocess.CompletedProcess:
     imports streaming & co once (~8 s) instead of once per command. Tests of the command line itself
     (``--help``, exit codes of killed runs) start ``python -m data_prep``.
     """
-    import contextlib
-    import io
     import logging
 
     from data_prep.__main__ import main
+    from tests.inprocess import call_main
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
-    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as e:  # argparse
-                code = e.code if isinstance(e.code, int) else 1
+        code, out, err = call_main(main, args)
     finally:  # the command line's logging set-up (INFO to stderr) ends with the command
         root.setLevel(level)
         root.handlers[:] = handlers
-    return subprocess.CompletedProcess(["data_prep", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["data_prep", *args], code, out, err)
 
 
 @pytest.fixture(scope="session")
