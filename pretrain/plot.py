@@ -13,10 +13,15 @@ from .rundir import read_metrics
 
 
 def _ema(values: list[float], beta: float = 0.9) -> list[float]:
-    out, avg = [], None
-    for v in values:
-        avg = v if avg is None else beta * avg + (1 - beta) * v
-        out.append(avg)
+    """Exponential moving average, bias-corrected as Adam's moments are: ``m_t / (1 - beta^t)``.
+
+    Without the correction the average starts at the first value and lags the curve by ~1/(1-beta)
+    steps while the loss falls fastest; with it, early points weigh the values seen so far evenly.
+    """
+    out, avg = [], 0.0
+    for t, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**t))
     return out
 
 
@@ -31,7 +36,8 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None, baseline: Op
     if not records:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no records")
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    records = [r for r in records if "loss" in r]  # the step-0 record holds validation only
+    val = [(s, v) for s, v in val if v is not None]  # a non-finite value is written as null
+    records = [r for r in records if r.get("loss") is not None]  # the step-0 record holds validation only
     if not records:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no training records")
     steps = [r["step"] for r in records]
