@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -46,8 +48,8 @@ class Sources:
     overridden: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def of(self, key: str) -> str:
-        # An override of a parent key (``model={...}``) covers its children.
-        parts = key.split(".")
+        # An override of a parent key (``model={...}``) covers its children, and a list its items.
+        parts = re.sub(r"\[\d+\]", "", key).split(".")
         for i in range(len(parts), 0, -1):
             src = self.overridden.get(".".join(parts[:i]))
             if src is not None:
@@ -92,7 +94,7 @@ def _describe(tp: Any) -> str:
     if tp is int:
         return "an integer"
     if tp is float:
-        return "a number"
+        return "a finite number"
     if tp is str:
         return "a string"
     if tp is type(None):
@@ -143,13 +145,23 @@ def _convert(value: Any, tp: Any, key: str, problems: Problems) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        out = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "3e-4" as a string
             try:
-                return float(value)
+                out = float(value)
+            except OverflowError:  # an integer beyond float's range
+                out = math.inf
+        elif isinstance(value, str):  # PyYAML reads "3e-4" as a string
+            try:
+                out = float(value)
             except ValueError:
                 pass
+        if out is not None:
+            if math.isfinite(out):
+                return out
+            # inf and nan pass every `x > 0` / `x < 0` check downstream: no float setting takes them.
+            problems.add(key, value, "a finite number", what="not finite")
+            return _MISSING
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -249,17 +261,90 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+class DuplicateKeyError(ValueError):
+    """A YAML mapping that names one key twice (PyYAML would keep the last one silently)."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(loader: Any, node: Any, path: str, seen_nodes: set[int]) -> None:
+    """Walk the composed YAML tree: a mapping that repeats a key raises DuplicateKeyError naming it and both lines."""
+    import yaml
+
+    if id(node) in seen_nodes:  # an alias of a node already walked (or a recursive structure)
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *base`: the merged keys are meant to be overridden
+                _check_duplicate_keys(loader, value_node, path, seen_nodes)
+                continue
+            key: Any = key_node.value
+            if isinstance(key_node, yaml.ScalarNode):
+                try:
+                    key = loader.construct_object(key_node)  # 1 and 0x1, "a" and a: the same key
+                except yaml.YAMLError:
+                    pass
+            dotted = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise DuplicateKeyError(f"duplicate key {dotted!r} at line {line} (first at line {first[key]}): "
+                                            "expected each key once in a mapping (YAML would keep only the last)")
+                first[key] = line
+            except TypeError:  # an unhashable key: the constructor reports it
+                pass
+            _check_duplicate_keys(loader, value_node, dotted, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(loader, item, f"{path}[{i}]", seen_nodes)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a mapping with a duplicate key (DuplicateKeyError naming the key and
+    both lines). Syntax errors raise yaml.YAMLError as safe_load does."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(loader, node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The YAML document in ``path`` (any type, None for an empty file); ConfigError naming the file when it
+    is missing, unreadable, not UTF-8 text, not valid YAML or repeats a key."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError([f"{path}: config file not found"])
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise ConfigError([f"{path}: config file {what}"])
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not a YAML text file (not UTF-8 at byte {e.start}); expected a run config YAML"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file ({e.strerror or e})"]) from None
+    try:
+        return yaml_load(text)
+    except DuplicateKeyError as e:
+        raise ConfigError([f"{path}: {e}"]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    data = read_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -277,7 +362,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], sources: Sou
         if not sep or not key:
             raise ConfigError([f"{COMMAND_LINE}: override {item!r}: expected KEY=VALUE, e.g. optimizer.lr=3e-4"])
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
+        except DuplicateKeyError as e:
+            raise ConfigError([f"{COMMAND_LINE}: override {item!r}: {e}"]) from None
         except yaml.YAMLError as e:
             raise ConfigError([f"{COMMAND_LINE}: override {item!r}: value is not valid YAML: {e}"]) from None
         node = data

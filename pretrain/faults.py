@@ -9,6 +9,7 @@ point                    what it does
 =======================  ===================================================================
 ``train.nan_loss``       list of updates whose loss (and so gradients) is NaN on every rank
 ``train.noise_tokens``   list of updates whose batches are replaced by uniformly random tokens
+``train.nan_weight``     list of updates after which a weight of the model is NaN on every rank
 ``checkpoint.pause``     ``phase[@rank][#step]``: the save blocks forever at that phase (one of
                          ``checkpoint.SAVE_PHASES``) so the test can ``kill -9`` it there
 ``data_prep.units``      ``{"pause_s", "fail_unit", "kill_unit", "flush_tokens"}`` for the
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ENV = "PRETRAIN_FAULTS"
-POINTS = ("train.nan_loss", "train.noise_tokens", "checkpoint.pause", "data_prep.units")
+POINTS = ("train.nan_loss", "train.noise_tokens", "train.nan_weight", "checkpoint.pause", "data_prep.units")
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,17 @@ from .distributed import world_from_env
 EXIT_CONFIG_ERROR = 2
 
 
+def _steps(text: str) -> int:
+    """``--stop-after-steps``: an integer >= 0 (0: no stop)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: expected an integer >= 0 (0: off)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: expected an integer >= 0 (0: off)")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="pretrain.py",
@@ -26,7 +37,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="check the config and print the plan; do not train")
     p.add_argument("--branch-from", metavar="CKPT", help="start from another run's checkpoint (.../checkpoints/step_N): "
                    "same as checkpoint.branch_from=CKPT")
-    p.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
+    p.add_argument("--stop-after-steps", type=_steps, default=0, metavar="K",
                    help="save and stop (exit code 75) after K updates in this launch; relaunch to continue")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     args, rest = p.parse_known_args(argv)
@@ -56,8 +67,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if precision.warning and rank == 0:
         print(f"warning: {precision.warning}", file=sys.stderr, flush=True)
     if args.dry_run:
+        # Every check the launch makes before training: also where it starts (resume or branch) and whether
+        # that checkpoint fits this config. Nothing is written.
+        from .checkpoint import CheckpointError
+        from .resume import check_start
+        from .trainer import EXIT_CHECKPOINT_ERROR
+
+        try:
+            start = check_start(cfg)
+        except CheckpointError as e:
+            if rank == 0:
+                print(f"error: {e}", file=sys.stderr)
+            return EXIT_CHECKPOINT_ERROR
         if rank == 0:
             print(plan_text(cfg, world_size, precision, threads))
+            if start is not None:
+                how = "branch from" if start.branch else "resume from"
+                print(f"  {how} {start.path} (step {start.step})")
         return 0
 
     from .trainer import LaunchError, run_launch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,21 +20,22 @@ class OptimizerConfig:
     grad_clip: float = 1.0  # global gradient norm; 0 disables clipping
 
     def validate(self) -> list[tuple[str, str]]:
+        # Every check is written so that nan and inf fail it (`not finite or ...`), whatever built the config.
         problems = []
-        if not self.lr > 0:
-            problems.append(("lr", "a learning rate > 0"))
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(("lr", "a finite learning rate > 0"))
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
             problems.append(("betas", "two numbers in [0, 1), e.g. [0.9, 0.95]"))
-        if not self.eps > 0:
-            problems.append(("eps", "a number > 0"))
-        if self.weight_decay < 0:
-            problems.append(("weight_decay", "a number >= 0"))
-        if not 0.0 <= self.momentum < 1.0:
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            problems.append(("eps", "a finite number > 0"))
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(("weight_decay", "a finite number >= 0"))
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
             problems.append(("momentum", "a number in [0, 1)"))
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             problems.append(("nesterov", "false unless name is 'sgd' with momentum > 0"))
-        if self.grad_clip < 0:
-            problems.append(("grad_clip", "a norm >= 0 (0 disables clipping)"))
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            problems.append(("grad_clip", "a finite norm >= 0 (0 disables clipping)"))
         return problems
 
     def build(self, groups: list[dict[str, Any]], fused: bool = False):

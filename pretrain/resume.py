@@ -52,21 +52,44 @@ def _broadcast(obj: Any) -> Any:
     return obj
 
 
+def locate_start(cfg) -> Optional[StartPoint]:
+    """Where a launch of ``cfg`` starts: this run's newest sound checkpoint; else ``checkpoint.branch_from``;
+    else None (fresh). Reads only (no collective, nothing written); CheckpointError for a start that cannot be used."""
+    own = CheckpointDir(cfg.checkpoint_dir, cfg.checkpoint.verify)
+    tag = own.newest_sound() if cfg.checkpoint.resume else None
+    if tag is not None:
+        root, branch = own.root, False
+    elif cfg.checkpoint.branch_from:
+        parent, tag = CheckpointDir.open(Path(cfg.checkpoint.branch_from), cfg.checkpoint.verify)
+        problems = parent.verify(tag)
+        if problems:
+            raise CheckpointError(f"cannot branch from {parent.root / tag}: {'; '.join(problems)}")
+        root, branch = parent.root, True
+    else:
+        return None
+    try:
+        marker = json.loads((root / tag / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{root / tag / MARKER}: not a readable checkpoint marker ({e})") from None
+    return StartPoint(Path(root), tag, marker, branch=branch)
+
+
+def check_start(cfg) -> Optional[StartPoint]:
+    """The start checks of a launch, without the launch: where it starts and whether that start fits ``cfg``
+    (``pretrain.py --dry-run``). Writes nothing; CheckpointError as the launch would raise it."""
+    start = locate_start(cfg)
+    if start is not None:
+        check_compatible(start, cfg)
+    return start
+
+
 def find_start(cfg, dist: DistInfo) -> Optional[StartPoint]:
-    """This run's newest sound checkpoint; else ``checkpoint.branch_from``; else None (fresh)."""
+    """:func:`locate_start` decided by rank 0, the same StartPoint (or CheckpointError) on every rank."""
     found: Any = None
     if dist.is_main:
         try:
-            own = CheckpointDir(cfg.checkpoint_dir, cfg.checkpoint.verify)
-            tag = own.newest_sound() if cfg.checkpoint.resume else None
-            if tag is not None:
-                found = ("own", str(own.root), tag)
-            elif cfg.checkpoint.branch_from:
-                parent, tag = CheckpointDir.open(Path(cfg.checkpoint.branch_from), cfg.checkpoint.verify)
-                problems = parent.verify(tag)
-                if problems:
-                    raise CheckpointError(f"cannot branch from {parent.root / tag}: {'; '.join(problems)}")
-                found = ("branch", str(parent.root), tag)
+            start = locate_start(cfg)
+            found = None if start is None else ("own" if not start.branch else "branch", str(start.root), start.tag)
         except CheckpointError as e:
             found = ("error", str(e), "")
     found = _broadcast(found)
@@ -84,7 +107,12 @@ def check_compatible(start: StartPoint, cfg) -> None:
     saved_cfg_path = start.path / "config.yaml"
     if not saved_cfg_path.is_file():
         return
-    saved = yaml.safe_load(saved_cfg_path.read_text())
+    try:
+        saved = yaml.safe_load(saved_cfg_path.read_text())
+        saved["model"], saved["train"]["global_batch_size"]  # noqa: B018  (the keys compared below)
+    except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError) as e:
+        raise CheckpointError(f"cannot start from {start.path}: its config.yaml is not a run config this "
+                              f"version wrote ({type(e).__name__}: {e})") from None
     now = cfg.to_dict()
     changed = sorted(
         k for k in set(saved["model"]) | set(now["model"])

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .hardware import Hardware
 
 
+SEED_MAX = 2**32 - 1  # the largest seed numpy (and so streaming's data order) takes
+
+
 @dataclass
 class TrainConfig:
     micro_batch_size: int  # sequences per rank per forward/backward
@@ -52,25 +55,30 @@ class TrainConfig:
     skip_spikes: bool = False  # skip the update of a spike (costs one extra forward pass per update)
 
     def validate(self) -> list[tuple[str, str]]:
+        # Written so that nan and inf fail every check (the loader refuses them too).
+        import math
+
         problems = []
         for name in ("max_steps", "max_tokens", "global_batch_size", "global_batch_tokens", "micro_batch_size", "grad_accum"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append((name, "an integer >= 1" + (", or null" if name != "micro_batch_size" else "")))
-        if self.tokens_per_param is not None and not self.tokens_per_param > 0:
-            problems.append(("tokens_per_param", "a number > 0, or null"))
+        if self.tokens_per_param is not None and not (math.isfinite(self.tokens_per_param) and self.tokens_per_param > 0):
+            problems.append(("tokens_per_param", "a finite number > 0, or null"))
         if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
             problems.append(("max_steps", "a budget: max_steps, max_tokens or tokens_per_param"))
         if self.global_batch_size is None and self.global_batch_tokens is None:
             problems.append(("global_batch_size", "a global batch: global_batch_size (sequences) or global_batch_tokens"))
+        if not 0 <= self.seed <= SEED_MAX:
+            problems.append(("seed", f"an integer in [0, {SEED_MAX}] (the seeds numpy and streaming's data order take)"))
         if self.max_consecutive_skips < 1:
             problems.append(("max_consecutive_skips", "an integer >= 1"))
         if self.spike_window < 0 or (0 < self.spike_window < 10):
             problems.append(("spike_window", "0 (off) or at least 10 updates"))
-        if not self.spike_threshold > 0:
-            problems.append(("spike_threshold", "a number of standard deviations > 0"))
-        if self.peak_tflops is not None and not self.peak_tflops > 0:
-            problems.append(("peak_tflops", "a number of TFLOP/s > 0, or null"))
+        if not (math.isfinite(self.spike_threshold) and self.spike_threshold > 0):
+            problems.append(("spike_threshold", "a finite number of standard deviations > 0"))
+        if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            problems.append(("peak_tflops", "a finite number of TFLOP/s > 0, or null"))
         return problems
 
 
@@ -284,6 +292,8 @@ def resolve(
             problems.add("logging.wandb", to_dict(cfg.logging.wandb), "the wandb package, which is not installed: "
                          "pip install wandb (or pip install -e '.[wandb]'), or remove logging.wandb")
 
+    _check_output_dirs(cfg, problems)
+
     # Data directory, manifest, tokenizer.
     data = cfg.data.build()
     file_problems = data.check_files()
@@ -370,6 +380,47 @@ def resolve(
     return cfg, ds_config
 
 
+def _blocked_dir(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be (or be made) a directory this process writes into; None when it can."""
+    import os
+
+    p = path.absolute()
+    while not (p.exists() or p.is_symlink()):
+        if p.parent == p:
+            return None
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file" if p == path.absolute() else f"{p}, on its path, is a file, not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
+
+
+def _check_output_dirs(cfg: RunConfig, problems: Problems) -> None:
+    """The run directory and checkpoint directory can be written and are no input of the run (pretrain.outputs)."""
+    from .data import is_remote
+    from .outputs import OutputError, check_disjoint
+
+    inputs = {
+        "data directory (data.path)": None if is_remote(cfg.data.path) else cfg.data.path,
+        "tokenizer (data.tokenizer)": cfg.data.tokenizer,
+        "branch source (checkpoint.branch_from)": cfg.checkpoint.branch_from,
+        "Hugging Face weights (checkpoint.init_from)": (cfg.checkpoint.init_from or "").removeprefix("hf:") or None,
+    }
+    outputs = [("run_dir", cfg.run_dir, cfg.out_dir)]
+    if cfg.checkpoint.dir:
+        outputs.append(("checkpoint.dir", cfg.checkpoint.dir, cfg.checkpoint_dir))
+    for key, value, path in outputs:
+        why = _blocked_dir(path)
+        if why is not None:
+            problems.add(key, value if value is not None else str(path), f"a directory to write the run into ({why})")
+            continue
+        try:
+            check_disjoint(path, inputs, flag=key)
+        except OutputError as e:
+            problems.add_raw(key, str(e))
+
+
 def _fill_cooldown_start(cfg: RunConfig, branch_from: Path) -> None:
     """A cooldown's null start_step / start_lr: the branch checkpoint's step and the parent's LR there."""
     params = cfg.schedule.params
@@ -391,12 +442,18 @@ def deepspeed_config(cfg: RunConfig, choice, problems: Problems) -> dict[str, An
     """The DeepSpeed JSON with our batch and precision values; a contradiction is a problem."""
     path = Path(cfg.deepspeed.config)
     try:
-        ds = json.loads(path.read_text())
+        ds = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except FileNotFoundError:
         problems.add("deepspeed.config", str(path), "an existing DeepSpeed JSON file (not found)")
         return {}
-    except (json.JSONDecodeError, OSError) as e:
-        problems.add("deepspeed.config", str(path), f"a readable JSON file ({e})")
+    except UnicodeDecodeError as e:
+        problems.add("deepspeed.config", str(path), f"a DeepSpeed JSON text file ({path} is not UTF-8 text: byte {e.start})")
+        return {}
+    except json.JSONDecodeError as e:
+        problems.add("deepspeed.config", str(path), f"a valid JSON file ({path}: {e})")
+        return {}
+    except (ValueError, OSError) as e:
+        problems.add("deepspeed.config", str(path), f"a readable JSON file ({path}: {e})")
         return {}
     if not isinstance(ds, dict):
         problems.add("deepspeed.config", str(path), "a JSON object at the top level")
@@ -427,6 +484,10 @@ def deepspeed_config(cfg: RunConfig, choice, problems: Problems) -> dict[str, An
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows (expected finite numbers)")
 
 
 def _fill_precision(ds: dict[str, Any], precision: str, asked: str, path: Path, problems: Problems) -> None:

@@ -23,11 +23,11 @@ from .distributed import DistInfo, all_reduce_sum, barrier
 
 EXIT_CONFIG_ERROR = 2
 EXIT_CHECKPOINT_ERROR = 3
-EXIT_UNSTABLE = 4  # too many consecutive non-finite updates
+EXIT_UNSTABLE = 4  # too many consecutive non-finite updates, or non-finite weights
 
 
 class TrainingUnstable(RuntimeError):
-    """Too many consecutive non-finite updates: stop, keeping the last good checkpoint."""
+    """Too many consecutive non-finite updates, or weights no longer finite: stop, keeping the last good checkpoint."""
 
 
 def build_engine(model, optimizer_cfg, ds_config: dict, device: str, compile: bool = False):
@@ -67,11 +67,12 @@ class Trainer:
         self.control = RunControl(cfg.checkpoint.interval_minutes, stop_after_steps)
         self.engine = self.loader = self.val = self.saver = None
         self.val_per_source: dict = {}
-        self.evaluator = self.logger = None
+        self.evaluator = self.logger = self.checkpointer = None
         self._shm_before: Optional[set[int]] = None  # streaming's shared memory from before this run's data
         self.start = None  # pretrain.resume.StartPoint, or None for a fresh run
         self.callbacks: list = []
         self.peak_flops: Optional[float] = None
+        self.checkpointer = None  # training.callbacks.CheckpointCallback
         self.last: dict[str, Any] = {}
 
     @property
@@ -87,7 +88,7 @@ class Trainer:
         import torch
         import yaml
 
-        from .checkpoint import CheckpointSaver
+        from .checkpoint import CheckpointSaver, atomic_write_text
         from .hardware import detect, peak_flops
         from .resume import check_compatible, find_start, prepare_world_size
         from .run_config import ds_precision, plan_text
@@ -99,23 +100,25 @@ class Trainer:
         self.peak_flops, peak_why = peak_flops(hw, ds_precision(self.ds_config), torch.get_num_threads(),
                                                cfg.train.peak_tflops)
         out = self.run_dir
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(config_yaml)
-            print(plan_text(cfg, dist.world_size, self.precision, self.threads), flush=True)
-            print(f"  MFU against {self.peak_flops / 1e12:.3g} TFLOP/s per rank ({peak_why})" if self.peak_flops
-                  else f"  no MFU: {peak_why}", flush=True)
-            _write_hardware(out / "hardware.json", hw, self.precision, self.threads, self.peak_flops, peak_why)
 
-        # Where this launch starts, decided before DeepSpeed is set up (a universal checkpoint changes its config).
+        # Where this launch starts, decided before DeepSpeed is set up (a universal checkpoint changes its config)
+        # and before anything is written: a refused launch leaves the run directory as it was.
         self.saver = CheckpointSaver(cfg.checkpoint_dir, cfg.checkpoint.keep_last, dist, cfg.hash(), config_yaml)
         start = find_start(cfg, dist)
         if start is not None:
             check_compatible(start, cfg)
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", config_yaml)
+            print(plan_text(cfg, dist.world_size, self.precision, self.threads), flush=True)
+            print(f"  MFU against {self.peak_flops / 1e12:.3g} TFLOP/s per rank ({peak_why})" if self.peak_flops
+                  else f"  no MFU: {peak_why}", flush=True)
+            _write_hardware(out / "hardware.json", hw, self.precision, self.threads, self.peak_flops, peak_why)
+        if start is not None:
             start = prepare_world_size(start, self.saver.root, dist, self.ds_config)
         self.start = start
         if dist.is_main:
-            (out / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2))
+            atomic_write_text(out / "ds_config.json", json.dumps(self.ds_config, indent=2))
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = cfg.model.build()
@@ -238,12 +241,13 @@ class Trainer:
                                       self.val_per_source if cfg.eval.per_source else None)
         self.logger = MetricsLogger(self.run_dir, cfg.logging.interval, cfg.logging.tensorboard, dist.is_main,
                                     cfg.logging.wandb)
+        self.checkpointer = CheckpointCallback(self.saver, cfg.checkpoint.interval, self.loader, permanent, self.control)
         return [
             self.evaluator,
             DualCallback(alpha, cfg.logging.interval, dist.is_main and alpha is not None),
             # Log before saving: every step up to a committed checkpoint has its record.
             self.logger,
-            CheckpointCallback(self.saver, cfg.checkpoint.interval, self.loader, permanent, self.control),
+            self.checkpointer,
         ]
 
     # -- training ----------------------------------------------------------------------------
@@ -372,9 +376,22 @@ class Trainer:
                     metrics["loss_spike_z"] = z
                     self._warn(f"step {state.step}: loss spike {loss:.4f} ({z:.1f} std above the last "
                                f"{t.spike_window} updates)")
-            if state.step % cfg.logging.interval == 0 or state.done:
-                metrics["param_norm"] = param_norm(engine)
-                metrics["memory_gb"] = memory_gb(dist.device)
+            if faults.step_hit("train.nan_weight", state.step):
+                _poison_weight(engine)
+            log_due = state.step % cfg.logging.interval == 0 or state.done
+            if log_due or self.checkpointer.due(state):
+                # The weights are checked before every save and at every logging step: the norm is a reduction
+                # over all of them (non-finite norm: non-finite weights), agreed by all ranks in one collective.
+                norm = param_norm(engine)
+                (bad,) = all_reduce_sum([float(not math.isfinite(norm))], dist.device)
+                if bad:
+                    raise TrainingUnstable(
+                        f"step {state.step}: the weights are not finite after the update (parameter norm {norm} "
+                        f"on rank {dist.rank}); stopping without saving them, the last good checkpoint is kept "
+                        "(lower optimizer.lr or set optimizer.grad_clip, then relaunch)")
+                if log_due:
+                    metrics["param_norm"] = norm
+                    metrics["memory_gb"] = memory_gb(dist.device)
 
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
@@ -423,10 +440,20 @@ class Trainer:
             _release_streaming_memory(self._shm_before)
 
 
+def _poison_weight(engine) -> None:
+    """Fault ``train.nan_weight``: a NaN into the first weight of the model (every rank alike), as an update gone bad."""
+    import torch
+
+    with torch.no_grad():
+        next(engine.module.parameters()).view(-1)[0] = float("nan")
+
+
 def _streaming_memory_ids() -> set[int]:
     from streaming.base.shared.memory import SharedMemory
 
-    return {id(o) for o in gc.get_objects() if isinstance(o, SharedMemory)}
+    # issubclass(type(o)) rather than isinstance(o): isinstance reads o.__class__, and some objects warn on any
+    # attribute read (torch.distributed.reduce_op prints a FutureWarning for each walk)
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), SharedMemory)}
 
 
 def _release_streaming_memory(before: set[int]) -> None:
@@ -438,7 +465,7 @@ def _release_streaming_memory(before: set[int]) -> None:
     from streaming.base.shared.memory import SharedMemory
 
     for obj in gc.get_objects():
-        if isinstance(obj, SharedMemory) and id(obj) not in before:
+        if issubclass(type(obj), SharedMemory) and id(obj) not in before:
             atexit.unregister(obj.cleanup)
             obj.cleanup()
 
@@ -456,7 +483,9 @@ def _write_hardware(path: Path, hw, precision, threads, peak, peak_why: str) -> 
         "peak_tflops_per_rank": peak / 1e12 if peak else None,
         "peak_source": peak_why,
     }
-    path.write_text(json.dumps(record, indent=1))
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _quiet_deepspeed() -> None:
@@ -484,6 +513,7 @@ def run_launch(cfg, ds_config: dict, *, stop_after_steps: int = 0, in_process: b
     import torch.distributed
 
     from .checkpoint import CheckpointError
+    from .config_loader import ConfigError
     from .distributed import init_distributed, release_shared_memory, world_from_env
     from .hardware import choose_precision, detect, plan_threads
 
@@ -499,6 +529,8 @@ def run_launch(cfg, ds_config: dict, *, stop_after_steps: int = 0, in_process: b
             result = trainer.setup().fit()
         except CheckpointError as e:
             raise LaunchError(EXIT_CHECKPOINT_ERROR, str(e)) from None
+        except ConfigError as e:  # found only at set-up (e.g. checkpoint.init_from's weights)
+            raise LaunchError(EXIT_CONFIG_ERROR, str(e)) from None
         except TrainingUnstable as e:
             raise LaunchError(EXIT_UNSTABLE, str(e)) from None
         barrier()

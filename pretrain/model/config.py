@@ -44,7 +44,7 @@ class MuPConfig:
     def problems(self) -> list[tuple[str, str]]:
         """``(field, expected)`` pairs; GPTConfig.validate reports them as ``mup.<field>``."""
         return [(name, "> 0") for name in ("base_width", "sigma_base", "alpha_input", "alpha_output")
-                if not getattr(self, name) > 0]
+                if not (_finite(getattr(self, name)) and getattr(self, name) > 0)]
 
     # ---- derived values -----------------------------------------------------------
 
@@ -140,16 +140,16 @@ class GPTConfig:
 
         def positive(name: str) -> bool:
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append((name, "> 0"))
+            if value is not None and not (_finite(value) and value > 0):  # nan and inf fail too
+                problems.append((name, "> 0" if _finite(value) else "> 0 and finite"))
                 return False
             return True
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
                      "max_seq_len", "norm_eps", "rope_base", "init_std", "emb_mult", "logit_mult", "attn_scale"):
             positive(name)
-        if not self.z_loss >= 0.0:
-            problems.append(("z_loss", ">= 0"))
+        if not (_finite(self.z_loss) and self.z_loss >= 0.0):
+            problems.append(("z_loss", ">= 0 and finite"))
         if self.mup is not None:
             problems += [(f"mup.{name}", expected) for name, expected in self.mup.problems()]
             for name, default, rule in (("emb_mult", 1.0, "mup.alpha_input"),
@@ -173,7 +173,7 @@ class GPTConfig:
                                             f"{self.head_dim})"))
             if self.n_kv_heads is not None and self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
                 problems.append(("n_kv_heads", f"a divisor of n_heads={self.n_heads}"))
-        if not 0.0 <= self.dropout < 1.0:
+        if not (_finite(self.dropout) and 0.0 <= self.dropout < 1.0):
             problems.append(("dropout", "in [0, 1)"))
         return problems
 
@@ -236,6 +236,11 @@ class GPTConfig:
                 raise ValueError("GPTConfig.vocab_size is None: cannot count lm_head FLOPs")
             n += self.vocab_size * self.d_model
         return 6.0 * n + 12.0 * self.n_layers * self.n_heads * self.head_dim * seq_len
+
+
+def _finite(value) -> bool:
+    """Not nan or inf (an int always is: math.isfinite overflows on huge ones)."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def check_buildable(config: GPTConfig) -> None:

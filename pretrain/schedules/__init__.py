@@ -192,8 +192,9 @@ def _decay_steps(T: int, decay: float, decay_steps: Optional[int]) -> int:
 
 def _check_wsd(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int] = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
     problems = []
-    if not 0.0 <= decay <= 1.0:
+    if not 0.0 <= decay <= 1.0:  # nan fails it too
         problems.append(("params.decay", "a fraction of the run in [0, 1]"))
+        return problems
     D = _decay_steps(T, decay, decay_steps)
     if D < 0 or W + D > T:
         key = "params.decay_steps" if decay_steps is not None else "params.decay"
@@ -240,8 +241,8 @@ def _check_cooldown(T: int, W: int, *, start_step: Optional[int] = None, start_l
         return problems
     if not 0 <= start_step < T:
         problems.append(("params.start_step", f"a step before train.max_steps = {T}"))
-    if not start_lr > 0:
-        problems.append(("params.start_lr", "an LR > 0"))
+    if not (math.isfinite(start_lr) and start_lr > 0):
+        problems.append(("params.start_lr", "a finite LR > 0"))
     D = decay_steps if decay_steps is not None else T - start_step
     if not 1 <= D <= T - start_step:
         problems.append(("params.decay_steps", f"1 to train.max_steps - start_step = {T - start_step} updates"))
@@ -302,8 +303,8 @@ def _check_skiplr(T: int, W: int, *, eta_before: float, eta_after: Optional[floa
     steps = [k for k, _ in sw]
     if steps != sorted(set(steps)):
         problems.append(("params.switches", "strictly increasing switch steps (after k_s)"))
-    if eta_before < 0 or any(v < 0 for _, v in sw):
-        problems.append(("params", "learning rates >= 0"))
+    if not all(math.isfinite(v) and v >= 0 for v in [eta_before, *(v for _, v in sw)]):
+        problems.append(("params", "finite learning rates >= 0"))
     return problems
 
 

@@ -71,10 +71,15 @@ class CheckpointCallback(Callback):
         self.permanent = set(permanent)
         self.control = control
 
+    def due(self, state) -> bool:
+        """Whether this step ends with a save (the same on every rank: the flags are all-reduced)."""
+        return (state.step in self.permanent or state.stop or state.save_due
+                or _due(state.step, self.interval, state.max_steps))
+
     def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
         state = ctx.state
         permanent = state.step in self.permanent
-        if permanent or state.stop or state.save_due or _due(state.step, self.interval, state.max_steps):
+        if self.due(state):
             from .state import capture
 
             self.checkpointer.save(ctx.engine, state, capture(self.data_loader), permanent=permanent)
@@ -224,7 +229,7 @@ class MetricsLogger(Callback):
         if not self.is_main:
             return
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.write(json.dumps(json_record(record), allow_nan=False) + "\n")
         if self.wandb is not None:
             self.wandb.log(record)
         step = metrics["step"]
@@ -295,6 +300,16 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as strict JSON: a non-finite number (a NaN loss, an inf grad norm) becomes null, and
+    ``nonfinite`` lists those keys with what they were (``{"loss": "nan"}``); readers see null, not a
+    ``NaN`` token that JSON does not have."""
+    bad = {k: repr(v) for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """Drop records past ``step`` (left by a run that died after its last checkpoint)."""
     if not path.exists():
@@ -312,4 +327,4 @@ def _truncate_after(path: Path, step: int) -> None:
 
 
 __all__ = ["Callback", "LoggingConfig", "WandbConfig", "DualCallback", "CheckpointCallback", "MetricsLogger",
-           "WandbLogger"]
+           "WandbLogger", "json_record"]
