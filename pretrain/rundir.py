@@ -31,31 +31,17 @@ class RunDirError(ValueError):
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of ``RUN_DIR/metrics.jsonl`` (a torn last line is dropped).
 
-    The file is strict JSON: a non-finite value is written as null, with ``nonfinite`` naming it
-    (``{"loss": null, "nonfinite": {"loss": "nan"}}``); here it is a float again (nan, inf).
+    The file is strict JSON: a non-finite value (a NaN loss, an inf grad norm) is null, with ``nonfinite``
+    saying what it was (``{"loss": null, "nonfinite": {"loss": "nan"}}``).
     """
     out = []
     for line in (Path(run_dir) / METRICS).read_text().splitlines():
         if line.strip():
             try:
-                record = json.loads(line)
+                out.append(json.loads(line))
             except json.JSONDecodeError:
                 break
-            out.append(_restore_nonfinite(record))
     return out
-
-
-def _restore_nonfinite(record: Any) -> Any:
-    bad = record.get("nonfinite") if isinstance(record, dict) else None
-    if not isinstance(bad, dict):
-        return record
-    record = {k: v for k, v in record.items() if k != "nonfinite"}
-    for key, text in bad.items():
-        try:
-            record[key] = float(text)
-        except (TypeError, ValueError):
-            record[key] = float("nan")
-    return record
 
 
 class RunDir:
