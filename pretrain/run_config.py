@@ -390,7 +390,8 @@ def _blocked_dir(path: Path) -> Optional[str]:
             return None
         p = p.parent
     if not p.is_dir():
-        return f"{p} is a file" if p == path.absolute() else f"{p}, on its path, is a file, not a directory"
+        what = "a file" if p.is_file() else "not a directory"
+        return f"{p} is {what}" if p == path.absolute() else f"{p}, on its path, is {what}"
     if not os.access(p, os.W_OK | os.X_OK):
         return f"{p} is not writable"
     return None
