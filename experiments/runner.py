@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from pretrain.errors import EXIT_INCOMPLETE, EXIT_UNSTABLE
+
 from .study import RunSpec, Study
 
 RESULT = "experiment.json"
 REPO = Path(__file__).resolve().parent.parent
-EXIT_UNSTABLE = 4  # pretrain.trainer.EXIT_UNSTABLE: the run diverged (too many non-finite updates)
-EXIT_INCOMPLETE = 75  # pretrain.training.control.EXIT_INCOMPLETE: stopped by a signal, saved
 
 
 class StudyInterrupted(RuntimeError):
@@ -313,7 +313,7 @@ class Runner:
 
     def _run_in_process(self, rec: RunRecord) -> None:
         from pretrain import train
-        from pretrain.trainer import LaunchError
+        from pretrain.errors import LaunchError
 
         rec.run_dir.mkdir(parents=True, exist_ok=True)
         overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)

@@ -47,6 +47,7 @@ from data_prep.fsutil import atomic_write_bytes, sha256_file
 
 from . import __version__, faults
 from .distributed import DistInfo, barrier
+from .errors import CheckpointError, UnsafeCheckpoint  # noqa: F401  (re-exported)
 
 MARKER = "COMPLETE"
 MANIFEST = "MANIFEST.json"
@@ -109,12 +110,6 @@ class CheckpointConfig:
         return sorted(s for s in steps if 1 <= s <= max_steps)
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A checkpoint file holds a pickled object other than weights: refused, never executed."""
 
 
 WEIGHTS = "model.safetensors"  # a merged checkpoint's fp32 weights (pretrain.merge); no DeepSpeed files

@@ -25,19 +25,11 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
+from .errors import ConfigError  # noqa: F401  (re-exported: the loader raises it)
+
 COMMAND_LINE = "command line"
 
 
-class ConfigError(ValueError):
-    """One or more configuration problems, each on its own line."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            msg = f"invalid configuration: {self.problems[0]}"
-        else:
-            msg = "invalid configuration:\n  " + "\n  ".join(self.problems)
-        super().__init__(msg)
 
 
 @dataclasses.dataclass

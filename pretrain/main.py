@@ -10,10 +10,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .config_loader import ConfigError
 from .distributed import world_from_env
+from .errors import EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR, ConfigError, LaunchError
 
-EXIT_CONFIG_ERROR = 2
 
 
 def _steps(text: str) -> int:
@@ -69,9 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         # Every check the launch makes before training: also where it starts (resume or branch) and whether
         # that checkpoint fits this config. Nothing is written.
-        from .checkpoint import CheckpointError
+        from .errors import CheckpointError
         from .resume import check_start
-        from .trainer import EXIT_CHECKPOINT_ERROR
 
         try:
             start = check_start(cfg)
@@ -86,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {how} {start.path} (step {start.step})")
         return 0
 
-    from .trainer import LaunchError, run_launch
+    from .trainer import run_launch
 
     try:
         return run_launch(cfg, ds_config, stop_after_steps=args.stop_after_steps).code
@@ -120,6 +118,11 @@ def exit_now(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code if isinstance(code, int) else 1)
+
+
+def cli() -> None:
+    """The ``pretrain`` console script: :func:`main`, then :func:`exit_now` (as ``pretrain.py`` does)."""
+    exit_now(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,11 +21,11 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import RunDirError  # noqa: F401  (re-exported)
+
 METRICS = "metrics.jsonl"
 
 
-class RunDirError(ValueError):
-    pass
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

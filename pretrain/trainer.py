@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .distributed import DistInfo, all_reduce_sum, barrier
-
-EXIT_CONFIG_ERROR = 2
-EXIT_CHECKPOINT_ERROR = 3
-EXIT_UNSTABLE = 4  # too many consecutive non-finite updates, or non-finite weights
-
-
-class TrainingUnstable(RuntimeError):
-    """Too many consecutive non-finite updates, or weights no longer finite: stop, keeping the last good checkpoint."""
-
+from .errors import (  # noqa: F401  (re-exported for callers of the trainer)
+    EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR, EXIT_UNSTABLE, LaunchError, TrainingUnstable)
 
 def build_engine(model, optimizer_cfg, ds_config: dict, device: str, compile: bool = False):
     """The DeepSpeed engine over ``model`` with our optimizer (its param groups, fused AdamW on CUDA)."""
@@ -497,12 +490,6 @@ def _quiet_deepspeed() -> None:
 
 
 # -- running a launch ------------------------------------------------------------------------
-
-class LaunchError(RuntimeError):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
 
 def run_launch(cfg, ds_config: dict, *, stop_after_steps: int = 0, in_process: bool = False) -> TrainResult:
     """One launch of a checked config on this process's rank: set up the process group, train, clean up.

@@ -148,7 +148,7 @@ class WandbLogger:
                 mode=c.mode, config=run_cfg.to_dict(), dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
             )
         except Exception as e:  # no API key, no network, a bad entity: say so, without a traceback
-            from ..trainer import EXIT_CONFIG_ERROR, LaunchError
+            from ..errors import EXIT_CONFIG_ERROR, LaunchError
 
             raise LaunchError(EXIT_CONFIG_ERROR, f"logging.wandb: wandb.init failed: {type(e).__name__}: {e} "
                               "(online: run `wandb login` or set WANDB_API_KEY; or set logging.wandb.mode=offline "

@@ -11,7 +11,8 @@ from __future__ import annotations
 import signal
 import time
 
-EXIT_INCOMPLETE = 75  # saved and stopped before max_steps: relaunch to continue (SLURM scripts requeue on it)
+from ..errors import EXIT_INCOMPLETE  # noqa: F401  (re-exported: saved and stopped before max_steps)
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
