@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pretrain.cli_numbers import integer, number
+
 from . import STUDIES, build_study
 
 
@@ -27,10 +29,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("study", help="a study (" + ", ".join(STUDIES) + "), or 'list'")
     p.add_argument("--scale", default="cpu", choices=("tiny", "cpu", "full"),
                    help="cpu: minutes to an hour on 2 cores (default); full: the papers' sizes; tiny: a smoke test")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the study's, per scale)")
-    p.add_argument("--slots", type=int, default=1,
-                   help="runs at a time; 1 runs in this process, K > 1 starts processes with the cores divided")
-    p.add_argument("--gpus", type=int, default=0, help="one run per GPU on this node (overrides --slots)")
+    p.add_argument("--seeds", type=integer(1), default=None, help="seeds per arm, >= 1 (default: the study's, per scale)")
+    p.add_argument("--slots", type=integer(1), default=1,
+                   help="runs at a time, >= 1; 1 runs in this process, K > 1 starts processes with the cores divided")
+    p.add_argument("--gpus", type=integer(0), default=0, help="one run per GPU on this node (overrides --slots); 0: none")
     p.add_argument("--full-grid", action="store_true",
                    help="the study's whole grid at this scale (d2z at cpu scale: 8 schedules x 6 LRs x 2, 5, 20 TPP)")
     p.add_argument("--dry-run", action="store_true", help="print every run and its cost; train nothing")
@@ -39,14 +41,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run of the study (repeatable), e.g. data.path=/data/tokens")
     p.add_argument("--emit-slurm", action="store_true", help="write SLURM array jobs for the runs instead of running")
-    p.add_argument("--checkpoint-minutes", type=float, default=2.0,
-                   help="save each run this often, so a killed study loses at most this much (default 2)")
+    p.add_argument("--checkpoint-minutes", type=number(0), default=2.0,
+                   help="save each run this often, so a killed study loses at most this much (default 2; 0: off)")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; train nothing")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"--set expects KEY=VALUE, got {bad}")
     return args
+
+
+def check_out(study, out: Path) -> None:
+    """The output rule (:func:`pretrain.outputs.check_disjoint`): the study's directory is not, does not contain and
+    does not lie inside what its runs read: the base config, the data directory and the tokenizer."""
+    from pretrain.outputs import check_disjoint
+
+    inputs: dict[str, Path] = {"study config": Path(study.config)}
+    if study.runs:
+        data = study.load_config(study.runs[0]).data
+        if "://" not in data.path:
+            inputs["data directory (data.path)"] = Path(data.path)
+        if data.tokenizer:
+            inputs["tokenizer (data.tokenizer)"] = Path(data.tokenizer)
+    check_disjoint(out, inputs, "--out")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -64,6 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         study = build_study(args.study, args.scale, seeds=args.seeds, overrides=args.overrides, out=out,
                             full_grid=args.full_grid)
+        check_out(study, out)
         from .estimate import duration, plan, table, warnings
 
         study_plan = plan(study, slots=args.gpus or args.slots, calibrate=not (args.no_calibrate or args.emit_slurm

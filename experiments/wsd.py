@@ -197,7 +197,7 @@ def _wsm(results, out: Path, seeds: list[int], S: int, D: int, keep: tuple[int, 
             tags = [f"step_{k:08d}" for k in keep]
             if not all(t in ckpts.complete_tags() for t in tags):
                 continue
-            merged = merge(ckpts, tags, "uniform", out / "wsm" / r.key, log=lambda *_: None)
+            merged = merge(ckpts, tags, "uniform", out / "wsm" / r.key, log=lambda *_: None, overwrite=True)
             result = evaluate(merged)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(result))

@@ -22,7 +22,12 @@ config's ``data.tokenizer``, else the data manifest's): a sentencepiece model as
 tokenizer.json as ``tokenizer.json`` (without its post-processor: data_prep adds
 no BOS/EOS) + ``tokenizer_config.json`` for ``PreTrainedTokenizerFast``.
 Everything is written to a temporary directory next to ``OUT`` and renamed into
-place.
+place. ``OUT`` follows the output rule (:mod:`pretrain.outputs`): it may not be, contain or lie
+inside the run directory, its checkpoints or its tokenizer, and an existing ``OUT`` is replaced
+only with ``--overwrite`` and only when it is an earlier export (config.json + model.safetensors).
+Refused before anything is written: weights holding a NaN or an infinity (a diverged run), and a
+tokenizer with more pieces than the model's ``vocab_size`` or another vocabulary (size or file)
+than the run's data manifest names.
 
 Formats:
 
@@ -48,7 +53,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -406,58 +410,127 @@ def _write_tokenizer(tok: Path, kind: str, dest: Path, special: dict[str, tuple[
 # ---- export ------------------------------------------------------------------------------------
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.iterdir()):
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
+EXPORT_FILES = ("config.json", "model.safetensors")  # what every export writes: an earlier export holds them
+
+
+def _check_out(out: Path, overwrite: bool, inputs: dict[str, Optional[Path]]) -> None:
+    """The output rule (:mod:`pretrain.outputs`) for ``--out``, before any work: ExportError naming the path."""
+    from pretrain.outputs import OutputError, check_disjoint, check_replaceable
+
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        check_disjoint(out, {k: v for k, v in inputs.items() if v is not None}, "--out")
+        check_replaceable(out, overwrite=overwrite, owned_by=EXPORT_FILES, flag="--out")
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+
+
+def _run_data_manifest(rundir) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """``(path, contents)`` of the manifest of the data the run trained on, when it can be read here."""
+    data = rundir.config_dict.get("data") or {}
+    path = data.get("path")
+    if not isinstance(path, str) or "://" in path:
+        return None, None
+    manifest = Path(path) / "manifest.json"
+    try:
+        obj = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return manifest, None
+    return manifest, obj if isinstance(obj, dict) else None
+
+
+def tokenizer_problems(tok: Path, config: GPTConfig, rundir) -> list[str]:
+    """Why ``tok`` is not the tokenizer of the run's model: a vocabulary larger than the model's rows, or
+    another vocabulary size or file than the one the run's data was tokenized with (its manifest)."""
+    from data_prep.fsutil import sha256_file
+    from data_prep.tokenizer import load_tokenizer
+
+    try:
+        vocab = load_tokenizer(tok).vocab_size
+    except Exception as e:  # noqa: BLE001  (sentencepiece and tokenizers raise their own types)
+        return [f"tokenizer {tok}: cannot be read ({type(e).__name__}: {e})"]
+    problems = []
+    if vocab > config.vocab_size:
+        problems.append(f"tokenizer {tok} has {vocab} pieces but the model ({rundir.path / 'config.yaml'}) has only "
+                        f"model.vocab_size = {config.vocab_size} embedding rows: expected at most {config.vocab_size}")
+    manifest, obj = _run_data_manifest(rundir)
+    if obj is not None:
+        want = obj.get("vocab_size")
+        if isinstance(want, int) and vocab != want:
+            problems.append(f"tokenizer {tok} has {vocab} pieces but the run's data was tokenized with {want} "
+                            f"({manifest}: vocab_size): expected the tokenizer the run trained on")
+        want_sha = (obj.get("tokenizer") or {}).get("sha256") if isinstance(obj.get("tokenizer"), dict) else None
+        if isinstance(want_sha, str) and not problems and sha256_file(tok) != want_sha:
+            problems.append(f"tokenizer {tok} is not the file the run's data was tokenized with ({manifest}: "
+                            f"tokenizer.sha256 {want_sha[:12]}..., path {obj['tokenizer'].get('path')})")
+    return problems
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
 
 
 def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt: str = "llama",
            checkpoint_dir: Optional[str] = None, dtype: str = "float32", overwrite: bool = False,
            verify: bool = True, log=print) -> Path:
-    """Write ``out`` (see the module docstring); return its path."""
+    """Write ``out`` (see the module docstring); return its path.
+
+    ``out`` follows the output rule (:mod:`pretrain.outputs`): it may not be, contain or lie inside the run
+    directory, its checkpoint directory or its tokenizer; an existing ``out`` is replaced only with
+    ``overwrite`` and only when it is an earlier export (it holds config.json and model.safetensors),
+    atomically. Non-finite weights and a tokenizer that does not fit the model are refused. Every check
+    runs before anything is written.
+    """
     from safetensors.torch import save_file
 
     from data_prep.tokenizer import tokenizer_kind
+    from pretrain.outputs import staged_dir
 
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in ("float32", "bfloat16"):
         raise ExportError(f"dtype {dtype!r}: expected float32 or bfloat16")
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists (pass --overwrite to replace it)")
     from pretrain.config_loader import ConfigError
     from pretrain.rundir import RunDir, RunDirError
 
     try:
         rundir = RunDir(run_dir)
         config = rundir.model_config()
+        ckpt_root = rundir.checkpoints(checkpoint_dir).root
     except (RunDirError, ConfigError) as e:
         raise ExportError(str(e)) from None
+    tok = rundir.tokenizer_path()
+    data_manifest, _ = _run_data_manifest(rundir)
+    _check_out(out, overwrite, {"run directory": run_dir, "checkpoint directory": ckpt_root, "tokenizer": tok,
+                                "run's data directory": data_manifest.parent if data_manifest else None})
     reasons = unsupported(config, fmt)
     if reasons:
         raise ExportError(f"cannot export {run_dir} as {fmt} ({ARCHITECTURES.get(fmt, fmt)}):\n  " + "\n  ".join(reasons))
 
-    model, tag, run = load_gpt(run_dir, tag, checkpoint_dir, verify)
-    torch_dtype = getattr(torch, dtype)
-    tensors = {k: v.detach().to(torch_dtype).contiguous() for k, v in to_hf_state_dict(model.state_dict(), config, fmt).items()}
-
-    tok = rundir.tokenizer_path()
     if tok is not None and not tok.is_file():
         log(f"warning: tokenizer {tok} not found; exporting without it")
         tok = None
+    if tok is not None:
+        problems = tokenizer_problems(tok, config, rundir)
+        if problems:
+            raise ExportError(f"cannot export {run_dir} with its tokenizer:\n  " + "\n  ".join(problems))
+
+    model, tag, run = load_gpt(run_dir, tag, checkpoint_dir, verify)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise ExportError(f"checkpoint {ckpt_root / tag} holds non-finite values (NaN or infinity) in {len(bad)} of "
+                          f"{len(model.state_dict())} tensors: {', '.join(bad)}; a diverged run is not exported "
+                          "(export an earlier checkpoint with --tag)")
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: v.detach().to(torch_dtype).contiguous() for k, v in to_hf_state_dict(model.state_dict(), config, fmt).items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise ExportError(f"checkpoint {ckpt_root / tag}: the {fmt} {dtype} tensors {', '.join(bad)} are not finite "
+                          "(the folded multipliers or the dtype overflow them)")
+
     kind = tokenizer_kind(tok) if tok is not None else "sentencepiece"
     special, dummy_prefix = (_tokenizers_info(tok), False) if kind == "tokenizers" else _sentencepiece_info(tok)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out, overwrite=overwrite, owned_by=EXPORT_FILES, flag="--out") as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": f"{run_dir}:{tag}"})
         cfg = hf_config(config, fmt, special["bos"][0], special["eos"][0], dtype)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -465,16 +538,6 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
             _write_tokenizer(tok, kind, tmp, special, dummy_prefix, config.max_seq_len)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        _fsync_tree(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f"exported {run_dir} checkpoint {tag} as {ARCHITECTURES[fmt]} ({dtype}) to {out}"
         + ("" if tok is not None else " (no tokenizer)"))
     return out
@@ -483,12 +546,13 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="run directory (holds config.yaml and checkpoints/)")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--out", required=True, help="output directory (written atomically; outside the run directory, "
+                                                 "its checkpoints and its tokenizer)")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step_00001000 (default: newest complete)")
     p.add_argument("--format", default="llama", choices=FORMATS, help="Hugging Face architecture (default: llama)")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint directory (default: from the run config)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="tensor dtype written")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier export")
     p.add_argument("--no-verify", action="store_true", help="skip checking file hashes against the COMPLETE marker")
     return p.parse_args(argv)
 

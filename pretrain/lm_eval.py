@@ -291,28 +291,38 @@ def lm_class():
 
 
 def _limit(s: str) -> float | int:
-    v = float(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s}: expected a positive count or a fraction")
-    return int(v) if v >= 1 and v == int(v) else v
+    """A count of documents (an integer >= 1) or a fraction of them (in (0, 1))."""
+    import math
+
+    want = "expected a count (an integer >= 1) or a fraction in (0, 1)"
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number: {want}") from None
+    if not math.isfinite(v) or v <= 0 or (v >= 1 and v != int(v)):
+        raise argparse.ArgumentTypeError(f"{s} is out of range: {want}")
+    return int(v) if v >= 1 else v
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from .cli_numbers import integer
+
     p = argparse.ArgumentParser(prog="python -m pretrain.lm_eval", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint (.../step_NNNNNNNN), a directory of them, or a run directory")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task (or group) names")
     p.add_argument("--include-path", action="append", default=[], help="a directory of extra task YAMLs (repeatable)")
     p.add_argument("--no-default-tasks", action="store_true",
                    help="index only --include-path tasks (skips indexing lm-eval's built-in task configs, seconds)")
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: the task's)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
+    p.add_argument("--num-fewshot", type=integer(0), help="few-shot examples per prompt, >= 0 (default: the task's)")
+    p.add_argument("--batch-size", type=integer(1), default=16, help="sequences per forward, >= 1 (default 16)")
     p.add_argument("--limit", type=_limit, help="documents per task: a count, or a fraction below 1")
-    p.add_argument("--max-length", type=int, help="tokens per forward (default and at most: the model's max_seq_len)")
+    p.add_argument("--max-length", type=integer(1),
+                   help="tokens per forward, >= 1 (default and at most: the model's max_seq_len)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and activations")
     p.add_argument("--tokenizer", help="the tokenizer file (default: the run's)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check against the checkpoint's manifest")
-    p.add_argument("--seed", type=int, default=0, help="seed of the few-shot sampling (default 0)")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the few-shot sampling, >= 0 (default 0)")
     p.add_argument("--output", help="write the results as JSON to this file")
     return p.parse_args(argv)
 

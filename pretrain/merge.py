@@ -1,6 +1,6 @@
 """Checkpoint merging (WSM: warmup-stable-merge): average a run's checkpoints' weights into one checkpoint.
 
-    python -m pretrain.merge RUN_DIR --last 4 [--weights uniform|ema:0.9|linear] [--out DIR]
+    python -m pretrain.merge RUN_DIR --last 4 [--weights uniform|ema:0.9|linear] [--out DIR] [--overwrite]
     python -m pretrain.merge RUN_DIR --steps 600 800 1000
 
 The merged checkpoint is ``OUT/step_<newest step>/`` (default OUT: ``RUN_DIR/merged-<how>``):
@@ -11,6 +11,11 @@ the sources and their weights. Like any checkpoint it can be evaluated
 --checkpoint-dir OUT``) and branched from (``checkpoint.branch_from``: the merged weights with
 a fresh optimizer state, since a merge has no single one; the step, tokens and data position
 of the newest source continue).
+
+OUT follows the output rule (:mod:`pretrain.outputs`): it may not be, contain or lie inside the run's
+checkpoint directory or a source checkpoint; an existing OUT must be a merge output (only merged
+checkpoints and their ``latest`` pointer), and its checkpoint of the same step is replaced only with
+``--overwrite``, atomically. A checkpoint named twice (``--steps 200 200``) is refused.
 
 Weights, over the n chosen checkpoints oldest first (i = 0..n-1), normalised to sum to 1:
 ``uniform`` 1; ``linear`` i + 1; ``ema:D`` D^(n-1-i) (the newest weighs most).
@@ -23,9 +28,12 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-from .checkpoint import MARKER, WEIGHTS, CheckpointDir, CheckpointError, atomic_write_text, commit, step_of, tag_for
+from .checkpoint import (MARKER, POINTER, TAG_RE, WEIGHTS, CheckpointDir, CheckpointError, atomic_write_text, commit,
+                         step_of, tag_for)
+from .cli_numbers import integer
+from .outputs import check_disjoint, check_replaceable, staged_dir
 
 
 def merge_weights(method: str, n: int) -> list[float]:
@@ -50,18 +58,79 @@ def merge_weights(method: str, n: int) -> list[float]:
     return [w / total for w in raw]
 
 
+def is_merged_checkpoint(path: Path) -> bool:
+    """a checkpoint written by pretrain.merge (a step_N directory whose COMPLETE marker records its sources)"""
+    try:
+        return TAG_RE.match(path.name) is not None and "merged" in json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def is_merge_output(path: Path) -> bool:
+    """a merge output (only checkpoints written by pretrain.merge and its latest pointer)"""
+    if not path.is_dir():
+        return False
+    for entry in path.iterdir():
+        if entry.name.startswith("."):  # a merge's staging directory, left by a killed merge
+            continue
+        if entry.name == POINTER and entry.is_file():
+            continue
+        if not (entry.is_dir() and is_merged_checkpoint(entry)):
+            return False
+    return True
+
+
+def default_out(ckpts: CheckpointDir, n: int, method: str) -> Path:
+    return ckpts.root.parent / f"merged-{n}-{method.replace(':', '')}"
+
+
+def check_tags(tags: Sequence[str], flag: str = "--steps") -> None:
+    """Refuse a checkpoint named twice: a merge of a checkpoint with itself is no merge."""
+    twice = sorted({t for t in tags if list(tags).count(t) > 1}, key=step_of)
+    if twice:
+        raise ValueError(f"{flag} {' '.join(str(step_of(t)) for t in tags)}: step "
+                         f"{', '.join(str(step_of(t)) for t in twice)} is given more than once; name each checkpoint "
+                         "once (--weights sets how much each counts)")
+
+
+def check_out(ckpts: CheckpointDir, tags: Sequence[str], out: Path, overwrite: bool,
+              inputs: Optional[Mapping[str, Path]] = None) -> Path:
+    """Every check of where the merge goes, before anything is written; return the checkpoint it writes.
+
+    ``out`` may not be, contain or lie inside the checkpoint directory, any source checkpoint or ``inputs``;
+    an existing ``out`` must be a merge output, and its checkpoint of the newest source's step is replaced
+    only with ``overwrite``.
+    """
+    named = {"run's checkpoint directory": ckpts.root, **(inputs or {})}
+    named.update({f"source checkpoint {t}": ckpts.path(t) for t in tags})
+    check_disjoint(out, named, "--out")
+    check_replaceable(out, overwrite=True, owned_by=is_merge_output, flag="--out")  # its kind; nothing is replaced
+    final = out / tag_for(step_of(sorted(tags, key=step_of)[-1]))
+    check_replaceable(final, overwrite=overwrite, owned_by=is_merged_checkpoint, flag="--out")
+    return final
+
+
 def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", out: Optional[Path] = None,
-          verify: bool = True, log=print) -> Path:
-    """Write the weighted average of ``tags``' weights as a checkpoint; return its directory."""
+          verify: bool = True, log=print, overwrite: bool = False,
+          inputs: Optional[Mapping[str, Path]] = None) -> Path:
+    """Write the weighted average of ``tags``' weights as a checkpoint; return its directory.
+
+    The output rule (:mod:`pretrain.outputs`, :func:`check_out`) is checked before any work; an earlier merge
+    of the same step in ``out`` is replaced only with ``overwrite``, atomically.
+    """
     import torch
     from safetensors.torch import save_file
 
+    check_tags(tags)
     tags = sorted(tags, key=step_of)
+    weights = merge_weights(method, len(tags))
+    out = Path(out) if out else default_out(ckpts, len(tags), method)
     for tag in tags:
         ckpts.tag_of(tag)  # complete, else a clear error
+    final = check_out(ckpts, tags, out, overwrite, inputs)
+    for tag in tags:
         if verify:
             ckpts.check(tag)
-    weights = merge_weights(method, len(tags))
     total: dict[str, torch.Tensor] = {}
     for tag, w in zip(tags, weights):
         sd = ckpts.fp32_weights(tag)
@@ -70,24 +139,22 @@ def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", ou
             v = v.detach().to(torch.float64)
             total[k] = total[k] + w * v if k in total else w * v
     merged = {k: v.to(torch.float32).contiguous() for k, v in total.items()}
+    bad = [k for k, v in merged.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the merge of {', '.join(str(ckpts.path(t)) for t in tags)} has non-finite values in "
+                              f"{len(bad)} of {len(merged)} tensors ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); "
+                              "nothing was written")
 
     newest = ckpts.path(tags[-1])
-    out = Path(out) if out else ckpts.root.parent / f"merged-{len(tags)}-{method.replace(':', '')}"
-    final = out / tag_for(step_of(tags[-1]))
-    tmp = out / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(merged, str(tmp / WEIGHTS))
-    for f in ["config.yaml", *sorted(p.name for p in newest.glob("trainer_state_rank*.json"))]:
-        shutil.copy2(newest / f, tmp / f)
-    src = ckpts.marker(tags[-1])
-    marker = {k: src[k] for k in ("step", "tokens", "world_size", "config_hash", "version") if k in src}
-    marker["merged"] = {"method": method, "sources": [str(ckpts.path(t)) for t in tags], "weights": weights}
-    commit(tmp, marker)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    atomic_write_text(out / "latest", final.name + "\n")
+    with staged_dir(final, overwrite=overwrite, owned_by=is_merged_checkpoint, flag="--out") as tmp:
+        save_file(merged, str(tmp / WEIGHTS))
+        for f in ["config.yaml", *sorted(p.name for p in newest.glob("trainer_state_rank*.json"))]:
+            shutil.copy2(newest / f, tmp / f)
+        src = ckpts.marker(tags[-1])
+        marker = {k: src[k] for k in ("step", "tokens", "world_size", "config_hash", "version") if k in src}
+        marker["merged"] = {"method": method, "sources": [str(ckpts.path(t)) for t in tags], "weights": weights}
+        commit(tmp, marker)
+    atomic_write_text(out / POINTER, final.name + "\n")
     return final
 
 
@@ -95,11 +162,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pretrain.merge", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run directory written by pretrain.py")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--steps", type=int, nargs="+", metavar="STEP", help="the steps of the checkpoints to merge")
-    which.add_argument("--last", type=int, metavar="N", help="the newest N complete checkpoints")
+    which.add_argument("--steps", type=integer(0), nargs="+", metavar="STEP",
+                       help="the steps of the checkpoints to merge (each once)")
+    which.add_argument("--last", type=integer(1), metavar="N", help="the newest N complete checkpoints (N >= 1)")
     p.add_argument("--weights", default="uniform", help="uniform | linear | ema:DECAY (default uniform)")
     p.add_argument("--checkpoint-dir", help="the run's checkpoints, if not where its config says")
-    p.add_argument("--out", help="where the merged checkpoint goes (default RUN_DIR/merged-<N>-<weights>)")
+    p.add_argument("--out", help="where the merged checkpoint goes (default RUN_DIR/merged-<N>-<weights>); not inside "
+                                 "the run's checkpoints; an existing one must be a merge output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier merge of the same step in --out (atomically)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the sources")
     return p.parse_args(argv)
 
@@ -110,17 +181,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse_args(argv)
     try:
-        ckpts = RunDir(args.run_dir).checkpoints(args.checkpoint_dir)
+        run = RunDir(args.run_dir)
+        ckpts = run.checkpoints(args.checkpoint_dir)
+        inputs = {"run's configured checkpoint directory": run.checkpoints().root} if args.checkpoint_dir else {}
         complete = ckpts.complete_tags()
         if args.last is not None:
-            if not 1 <= args.last <= len(complete):
-                raise CheckpointError(f"--last {args.last}: {ckpts.root} has {len(complete)} complete checkpoints")
+            if args.last > len(complete):
+                raise CheckpointError(f"--last {args.last}: expected 1 to {len(complete)} "
+                                      f"({ckpts.root} has {len(complete)} complete checkpoints)")
             tags = complete[-args.last:]
         else:
             tags = [tag_for(s) for s in args.steps]
+            check_tags(tags)
         merge_weights(args.weights, len(tags))  # a bad --weights before any work
+        out = Path(args.out) if args.out else default_out(ckpts, len(tags), args.weights)
+        for tag in tags:
+            ckpts.tag_of(tag)
+        check_out(ckpts, tags, out, args.overwrite, inputs)  # before the sources are read
         print(f"merging {len(tags)} checkpoints of {ckpts.root} ({args.weights}):")
-        out = merge(ckpts, tags, args.weights, Path(args.out) if args.out else None, verify=not args.no_verify)
+        out = merge(ckpts, tags, args.weights, out, verify=not args.no_verify, overwrite=args.overwrite,
+                    inputs=inputs)
     except (RunDirError, ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, CheckpointError) else 2

@@ -115,14 +115,18 @@ def test_export_refusals(trained_run, tmp_path):
     victim.write_bytes(bytes(data))
     with pytest.raises(ExportError, match="files differ from its manifest"):
         export(run, tmp_path / "c", **quiet)
-    # an existing output directory is not replaced without overwrite=True
+    # an existing output directory is replaced only with overwrite=True, and only when it is an earlier export
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="does not look like this command's output"):
+            export(trained_run, tmp_path / "taken", overwrite=overwrite, **quiet)
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["x"]
+    export(trained_run, tmp_path / "done", **quiet)
     with pytest.raises(ExportError, match="already exists"):
-        export(trained_run, tmp_path / "taken", **quiet)
-    assert (tmp_path / "taken" / "x").read_text() == "keep"
-    export(trained_run, tmp_path / "taken", overwrite=True, **quiet)
-    assert not (tmp_path / "taken" / "x").exists() and (tmp_path / "taken" / "model.safetensors").is_file()
+        export(trained_run, tmp_path / "done", **quiet)
+    export(trained_run, tmp_path / "done", overwrite=True, **quiet)
+    assert (tmp_path / "done" / "model.safetensors").is_file()
     # architectures transformers' Llama / Phi-3 cannot represent are refused before any work
     for key, value, fragment in (("pos", "alibi", "ALiBi"), ("norm", "layernorm", "RMSNorm")):
         other = tmp_path / f"run_{key}"

@@ -7,6 +7,11 @@
 
 SPEC is the syntax of ``python -m pretrain.schedules --compare``: ``name[:key=value,...]``; each
 spec keeps the run's budget, warmup and peak LR. The laws are in pretrain/forecast/laws.py.
+
+Outputs follow the output rule (:mod:`pretrain.outputs`): never a file the command reads (a run's
+metrics.jsonl/config.yaml, the law file, the run YAML), written atomically, and an existing one is
+replaced only with ``--overwrite`` and only when it is this command's kind of file. A law file that
+is not JSON, lacks keys or holds non-finite values is refused naming the file.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..cli_numbers import integer, number
 from ..config_loader import ConfigError
+from ..outputs import OutputError, check_disjoint, check_replaceable
 from ..plot import save_atomic
 from ..schedules.__main__ import label, parse_spec
-from .fit import FittedLaw, ForecastError, fit_law, read_run
+from .fit import FORMAT, FittedLaw, ForecastError, fit_law, read_run
 from .laws import get_law
 from .optimize import FAMILIES, lrs_for_config, optimize_schedule, schedule_override, schedule_yaml
 
@@ -30,8 +37,92 @@ if TYPE_CHECKING:
 
 PLOT_POINTS = 600  # steps at which a curve is drawn (and the last one)
 
+RUN_INPUTS = ("metrics.jsonl", "config.yaml", "lineage.json")  # what fit reads of a run directory
+
+
+def _is_law(path: Path) -> bool:
+    """a law file written by `python -m pretrain.forecast fit`"""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _is_png(path: Path) -> bool:
+    """a PNG image"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def _is_schedule(path: Path) -> bool:
+    """a schedule section written by `python -m pretrain.forecast optimize` (a YAML holding only schedule:)"""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and set(data) == {"schedule"}
+
+
+def check_outputs(outputs: dict[str, tuple[Optional[str], object]], inputs: dict[str, Path], overwrite: bool) -> None:
+    """The output rule (:mod:`pretrain.outputs`) for every file a subcommand writes, before any work:
+    ``outputs`` is ``{flag: (path or None, what an earlier one looks like)}``; ``inputs`` ``{what: path}``."""
+    given = {flag: Path(path) for flag, (path, _) in outputs.items() if path}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        real = path.resolve()
+        if real in seen:
+            raise OutputError(f"{flag} {path} is also {seen[real]}: each output needs its own file")
+        seen[real] = flag
+        check_disjoint(path, inputs, flag)
+        if path.is_dir():
+            raise OutputError(f"{flag} {path} is a directory: expected a file name")
+        if path.exists() or path.is_symlink():
+            check_replaceable(path, overwrite=overwrite, owned_by=outputs[flag][1], flag=flag)
+
+
+def _load_law(path: str) -> FittedLaw:
+    """The law file, checked beyond its parameters (what the forecasts read of it): ForecastError naming the file."""
+    import math
+
+    try:
+        law = FittedLaw.load(path)
+    except ForecastError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+        raise ForecastError(f"{path}: not a law file written by `python -m pretrain.forecast fit` "
+                            f"({type(e).__name__}: {e})") from None
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not finite(law.lr_ref) or law.lr_ref <= 0:
+        raise ForecastError(f"{path}: lr_ref: expected a finite LR > 0, got {law.lr_ref!r}")
+    bad = [k for k, v in law.options.items() if not finite(v)]
+    if bad:
+        raise ForecastError(f"{path}: options.{bad[0]}: expected a finite number, got {law.options[bad[0]]!r}")
+    if not isinstance(law.diagnostics, dict) or not isinstance(law.diagnostics.get("warnings", []), list):
+        raise ForecastError(f"{path}: diagnostics: expected a mapping with a list of warnings")
+    if not isinstance(law.sources, list):
+        raise ForecastError(f"{path}: sources: expected a list of the fit runs")
+    for i, src in enumerate(law.sources):
+        for key, ok in (("peak_lr", lambda v: finite(v) and v > 0), ("max_steps", lambda v: isinstance(v, int) and v >= 1)):
+            if not isinstance(src, dict) or not ok(src.get(key)):
+                got = src.get(key) if isinstance(src, dict) else src
+                raise ForecastError(f"{path}: sources[{i}].{key}: expected a finite number > 0, got {got!r}")
+    return law
+
 
 def _fit(args) -> int:
+    inputs = {f"run {d}'s {name}": Path(d) / name for d in args.run_dirs for name in RUN_INPUTS}
+    check_outputs({"--out": (args.out, _is_law), "--plot": (args.plot, _is_png)}, inputs, args.overwrite)
     runs = [read_run(d, args.metric) for d in args.run_dirs]
     law = fit_law(runs, args.law, skip_fraction=args.skip_fraction, max_points=args.max_points, starts=args.starts,
                   seed=args.seed, huber_delta=args.huber_delta)
@@ -57,7 +148,12 @@ def _fit(args) -> int:
 def _load(args) -> tuple[FittedLaw, "RunConfig"]:
     from ..run_config import load_run_config
 
-    law = FittedLaw.load(args.law)
+    inputs = {"law file": Path(args.law), "run config": Path(args.config)}
+    if args.command == "predict":
+        check_outputs({"--out": (args.out, _is_png)}, inputs, args.overwrite)
+    else:
+        check_outputs({"--out": (args.out, _is_schedule), "--plot": (args.plot, _is_png)}, inputs, args.overwrite)
+    law = _load_law(args.law)
     cfg = load_run_config(args.config, args.overrides)
     return law, cfg
 
@@ -134,7 +230,9 @@ def _optimize(args) -> int:
                "Replace the run YAML's schedule section with this one.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(schedule_yaml(sched, comment))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(schedule_yaml(sched, comment))
+    tmp.replace(out)
     print(f"best: {label(sched)}, predicted final loss {final:.4f} ({final - run_final:+.4f} vs the run's schedule)")
     print(f"wrote {out}; to train with it:\n  python pretrain.py --config {args.config} '{schedule_override(sched)}'")
     if args.plot:
@@ -189,12 +287,15 @@ def main(argv=None) -> int:
     f.add_argument("--law", choices=["mpl", "annealing"], default="mpl")
     f.add_argument("--out", default="law.json", help="the fitted law (JSON)")
     f.add_argument("--metric", choices=["loss", "val_loss"], default="loss", help="the curve to fit (default: training loss)")
-    f.add_argument("--skip-fraction", type=float, default=0.1, help="skip this fraction of each run's start (and its warmup)")
-    f.add_argument("--max-points", type=int, default=200, help="at most this many bin medians per run")
-    f.add_argument("--starts", type=int, default=8, help="seeded starting points")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--huber-delta", type=float, default=1e-3, help="Huber threshold on log-loss residuals")
+    f.add_argument("--skip-fraction", type=number(0, 1, hi_open=True), default=0.1,
+                   help="skip this fraction of each run's start (and its warmup), in [0, 1)")
+    f.add_argument("--max-points", type=integer(10), default=200, help="at most this many bin medians per run (>= 10)")
+    f.add_argument("--starts", type=integer(1), default=8, help="seeded starting points (>= 1)")
+    f.add_argument("--seed", type=integer(0), default=0)
+    f.add_argument("--huber-delta", type=number(0, lo_open=True), default=1e-3,
+                   help="Huber threshold on log-loss residuals (> 0)")
     f.add_argument("--plot", default=None, help="PNG of the observed and fitted curves")
+    f.add_argument("--overwrite", action="store_true", help="replace an earlier law file or plot at --out/--plot")
     for name, helptext in (("predict", "forecast a run config's schedule and others"),
                            ("optimize", "search a family of schedules for the lowest predicted final loss")):
         s = sub.add_parser(name, help=helptext)
@@ -206,9 +307,10 @@ def main(argv=None) -> int:
             s.add_argument("--out", default="forecast.png", help="PNG to write")
         else:
             s.add_argument("--family", choices=[*FAMILIES, "all"], default="wsd")
-            s.add_argument("--seed", type=int, default=0, help="of the search (deterministic for a seed)")
+            s.add_argument("--seed", type=integer(0), default=0, help="of the search (deterministic for a seed)")
             s.add_argument("--out", default="best_schedule.yaml", help="the best schedule, a run YAML's schedule section")
             s.add_argument("--plot", default=None, help="PNG of the run's and the best schedule")
+        s.add_argument("--overwrite", action="store_true", help="replace an earlier output of this command")
     args, rest = p.parse_known_args(argv)
     bad = [r for r in rest if r.startswith("-") or "=" not in r]
     if bad:
@@ -223,7 +325,7 @@ def main(argv=None) -> int:
         args.compare = [c for c, o in zip(args.compare, is_override) if not o]
     try:
         return {"fit": _fit, "predict": _predict, "optimize": _optimize}[args.command](args)
-    except (ForecastError, ConfigError) as e:
+    except (ForecastError, ConfigError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
