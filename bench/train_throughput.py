@@ -5,7 +5,7 @@ batches (fixed seed), one process, interleaved: after warm-up steps (untimed), R
 steps each alternate between the sides (ABBA order, so neither side always runs first; K is
 chosen from the warm-up times so that a round lasts ~0.25 s unless given). Per side it prints the
 median over rounds of the per-step time, tokens/s and TFLOP/s (MFU on an A100/H100/H200), the
-ratio of the medians (ours / bare step time; target <= 1.10 for the compute-bound model) and
+ratio of the medians (ours / bare step time; target <= 1.05 for the compute-bound model, issue #24) and
 the spread of the paired per-round ratios (min/max over rounds i of ours_i / bare_i).
 
 *ours* is what ``pretrain/trainer.py`` runs for each update: ``init_distributed()``, the model from
@@ -83,7 +83,7 @@ if str(REPO) not in sys.path:
 # Dense bf16 peak per GPU (no sparsity), matched against torch.cuda.get_device_name().
 # H200 is the same GH100 compute as the H100 SXM.
 PEAK_BF16_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
-TARGET_RATIO = 1.10
+TARGET_RATIO = 1.05  # issue #24 (was 1.10, issue #7)
 TARGET_COMPILED = 0.85  # our compiled step / the bare eager loop
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "barrier")
 
@@ -114,7 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bare-bf16-params", action="store_true",
                    help="bf16 mode: also time a bare loop with the model cast to bf16 (no fp32 master weights)")
     g.add_argument("--compile", action="store_true",
-                   help="also time our step with the model under torch.compile (train.compile: true) on the main "
+                   help="also time our step with the model under torch.compile (train.compile: true: GPT.compile, each block "
+                   "compiled separately) on the main "
                    f"model; its ratio to the bare eager loop is printed (target <= {TARGET_COMPILED:.2f})")
     g.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches per optimizer update, both sides, both models")

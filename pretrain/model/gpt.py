@@ -16,13 +16,20 @@ in :mod:`pretrain.model.config` (no torch there) and is re-exported here.
   and the ALiBi bias are built in fp32 on the fly (and cached in plain dicts,
   invisible to ``.to()``/DeepSpeed), so casting the module never degrades them.
   Norms and RoPE compute in fp32 and cast back to the activation dtype.
+* Hot path (issue #24): RMSNorm is ``F.rms_norm`` (one fused kernel; fp32 accumulation),
+  RoPE is ``x*cos + roll(x)*sin`` with a signed sin table (one fused kernel under compile),
+  GQA goes through SDPA's ``enable_gqa`` (no ``repeat_interleave`` copies), ALiBi goes through
+  FlexAttention on CUDA (a ``score_mod`` and a causal block mask: no dense [T, T] bias, causal
+  blocks skipped) and falls back to the dense bias elsewhere (FlexAttention has no CPU backward);
+  :meth:`GPT.compile` compiles each block separately (torchtitan's ``apply_compile``). No SDPA
+  backend is pinned here: PyTorch picks cuDNN / flash / memory-efficient / math by itself.
 
 Shape legend: B batch, T sequence, D d_model, H query heads, K kv heads,
 Dh head_dim, F ffn_dim, V vocab_size.
 """
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +44,12 @@ from pretrain.model.init import init_weights
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a gain only; computed in fp32, returned in the input dtype."""
+    """RMSNorm with a gain only; computed in fp32, returned in the input dtype.
+
+    ``F.rms_norm``: one fused kernel that accumulates in fp32 and rounds once to the input dtype,
+    the same math as ``(x.float() * rsqrt(mean(x.float()^2) + eps) * w.float()).to(x.dtype)``
+    (bitwise on CPU, fp32 and bf16: tests/test_kernels.py). When the gain's dtype differs from the
+    input's (fp32 gains under autocast) both are upcast explicitly, as the fused kernel wants one dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -45,9 +57,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim] -> [..., dim]
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -71,21 +83,25 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``(cos, sin)``, each [T, Dh], "rotate-half" layout (GPT-NeoX / HF Llama)."""
+    """fp32 ``(cos, signed_sin)``, each [T, Dh], for the "rotate-half" layout (GPT-NeoX / HF Llama):
+    dimension ``i`` pairs with ``i + Dh/2``. ``cos = [cos, cos]`` and ``signed_sin = [-sin, sin]``
+    over the two halves, so that :func:`apply_rope` needs no negation and no ``cat``."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     pos = torch.arange(seq_len, device=device, dtype=torch.float32)
     angles = torch.outer(pos, inv_freq)  # [T, Dh/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [T, Dh]
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, T, H, Dh] by position; math in fp32, result in ``x.dtype``."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, T, H, Dh] by position; math in fp32, result in ``x.dtype``.
+
+    ``x * cos + roll(x, Dh/2) * signed_sin``: the first half gets ``x1*cos - x2*sin``, the second
+    ``x2*cos + x1*sin``, the same products and sums as the rotate-half ``cat([-x2, x1])`` form
+    (bitwise in fp32), in 4 eager kernels (roll, mul, mul, add) and one fused kernel under compile."""
     xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, Dh] broadcasts over B and H
-    return (xf * cos + rotated * sin).to(x.dtype)
+    rotated = xf.roll(x.shape[-1] // 2, dims=-1)  # [x2, x1]
+    return (xf * cos[:, None, :] + rotated * signed_sin[:, None, :]).to(x.dtype)  # tables broadcast over B, H
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -111,6 +127,43 @@ def alibi_bias(seq_len: int, n_heads: int, device: torch.device) -> torch.Tensor
     bias = slopes[:, None, None] * distance  # [H, T, T]
     causal = torch.ones(seq_len, seq_len, device=device, dtype=torch.bool).triu(1)
     return bias.masked_fill(causal, float("-inf"))[None]
+
+
+# ALiBi through FlexAttention: a score_mod adds -slope*(i-j) to each score (in fp32, inside the kernel),
+# a causal block mask skips the blocks above the diagonal; nothing [T, T] is materialized.
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - older torch: the dense bias only
+    BlockMask = create_block_mask = flex_attention = None
+
+_compiled_flex = None
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether ALiBi goes through FlexAttention on ``device`` when ``alibi_impl="auto"``: CUDA only
+    (FlexAttention's CPU kernels have no backward, and its eager fallback computes the full T^2)."""
+    return flex_attention is not None and torch.device(device).type == "cuda"
+
+
+def flex_alibi_attention(q, k, v, slopes: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
+    """Causal ALiBi attention of q [B, H, T, Dh] over k, v [B, K, T, Dh] (GQA when K < H) with
+    FlexAttention; ``slopes`` fp32 [H]. Eager callers get a ``torch.compile``d flex_attention (eager
+    FlexAttention is a slow reference); inside a compiled block dynamo traces it either way."""
+    global _compiled_flex
+
+    def alibi_mod(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx)  # -slope * distance; j <= i under the block mask
+
+    fn = flex_attention
+    if q.is_cuda and not torch.compiler.is_compiling():
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    return fn(q, k, v, score_mod=alibi_mod, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
 
 
 # ---- blocks --------------------------------------------------------------------------------
@@ -139,8 +192,8 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [B, T, D]
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],  # fp32 (cos, sin) [T, Dh], or None
-        attn_bias: Optional[torch.Tensor],  # [1, H, T, T] additive causal bias in x.dtype, or None
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]],  # fp32 (cos, signed_sin) [T, Dh], or None
+        alibi,  # None, a dense [1, H, T, T] additive causal bias in x.dtype, or a FlexAlibi
     ) -> torch.Tensor:  # [B, T, D]
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # [B, T, H, Dh]
@@ -150,17 +203,18 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H|K, T, Dh]
-        if self.n_kv != self.n_heads:  # GQA: query head h reads kv head h // (H/K)
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)  # [B, H, T, Dh]
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_bias,
-            is_causal=attn_bias is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
-        )  # [B, H, T, Dh]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H|K, T, Dh]; GQA: query head h reads kv head h // (H/K)
+        if isinstance(alibi, FlexAlibi):
+            y = flex_alibi_attention(q, k, v, alibi.slopes, alibi.block_mask, self.scale)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=alibi,
+                is_causal=alibi is None,
+                dropout_p=self.dropout if self.training else 0.0,
+                scale=self.scale,
+                enable_gqa=self.n_kv != self.n_heads,
+            )  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*Dh]
         return self.resid_dropout(self.wo(y))
 
@@ -195,13 +249,27 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(config, config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, attn_bias):  # [B, T, D] -> [B, T, D]
-        x = x + self.attn(self.attn_norm(x), rope, attn_bias)
+    def forward(self, x, rope, alibi):  # [B, T, D] -> [B, T, D]
+        x = x + self.attn(self.attn_norm(x), rope, alibi)
         return x + self.mlp(self.mlp_norm(x))
 
 
+class FlexAlibi(NamedTuple):
+    """What the blocks get for ALiBi on the FlexAttention path: fp32 slopes [H] and the causal block mask."""
+
+    slopes: torch.Tensor
+    block_mask: "BlockMask"
+
+
 class GPT(nn.Module):
-    """Token ids [B, T] -> next-token logits [B, T, V] (no loss; the trainer computes it)."""
+    """Token ids [B, T] -> next-token logits [B, T, V] (no loss; the trainer computes it).
+
+    ``alibi_impl`` (an instance attribute, not a config field: it changes no result beyond
+    rounding): ``"auto"`` uses FlexAttention where :func:`flex_available` (CUDA) unless attention
+    dropout is active in training (FlexAttention has none), else the dense bias; ``"flex"`` /
+    ``"dense"`` force one (tests compare them)."""
+
+    alibi_impl: str = "auto"
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -216,16 +284,20 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         # Plain-dict caches (NOT buffers: DeepSpeed bf16 would cast buffers to bf16).
-        self._rope_cache: dict = {}  # (T, device) -> fp32 (cos, sin)
+        self._rope_cache: dict = {}  # (T, device) -> fp32 (cos, signed_sin)
         self._alibi_cache: dict = {}  # (T, device, dtype) -> [1, H, T, T]
+        self._flex_cache: dict = {}  # (T, device) -> FlexAlibi
         init_weights(self, config)
 
     def compile(self, *args, **kwargs) -> None:
-        """``nn.Module.compile`` (in place), with the table caches looked up outside the graph: traced,
-        the first call's insertion would invalidate the guards and force a second compilation."""
-        self.rope = torch.compiler.disable(self.rope)  # instance attributes shadow the methods
-        self.alibi = torch.compiler.disable(self.alibi)
-        super().compile(*args, **kwargs)
+        """Compile each block separately, in place (torchtitan's ``apply_compile``): ``Block.compile``
+        with ``fullgraph=True`` unless given. Identical blocks share one compiled graph (compile time
+        does not grow with depth), activation checkpointing wraps the compiled blocks, the state dict
+        keeps its names, and the embedding, table caches, final norm, lm_head and loss stay eager.
+        ``args``/``kwargs`` go to ``torch.compile`` (``backend=``, ``mode=``, ...)."""
+        kwargs.setdefault("fullgraph", True)
+        for block in self.blocks:
+            block.compile(*args, **kwargs)
 
     def rope(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 RoPE tables [T, Dh] for this model, cached per (seq_len, device)."""
@@ -241,6 +313,29 @@ class GPT(nn.Module):
             self._alibi_cache[key] = alibi_bias(seq_len, self.config.n_heads, device).to(dtype)
         return self._alibi_cache[key]
 
+    def flex_alibi(self, seq_len: int, device: torch.device) -> FlexAlibi:
+        """fp32 ALiBi slopes [H] and the causal block mask for FlexAttention, cached per (seq_len, device)."""
+        key = (seq_len, torch.device(device))
+        if key not in self._flex_cache:
+            slopes = torch.tensor(alibi_slopes(self.config.n_heads), device=device, dtype=torch.float32)
+            mask = create_block_mask(_causal, None, None, seq_len, seq_len, device=device)
+            self._flex_cache[key] = FlexAlibi(slopes, mask)
+        return self._flex_cache[key]
+
+    def use_flex(self, device: torch.device) -> bool:
+        """Whether this forward takes ALiBi through FlexAttention (see ``alibi_impl``)."""
+        if self.alibi_impl not in ("auto", "flex", "dense"):
+            raise ValueError(f"GPT.alibi_impl: expected 'auto', 'flex' or 'dense', got {self.alibi_impl!r}")
+        if self.alibi_impl == "flex":
+            if flex_attention is None:
+                raise RuntimeError(f"GPT.alibi_impl='flex': this torch ({torch.__version__}) has no FlexAttention")
+            if self.training and self.config.dropout > 0:
+                raise ValueError(f"GPT.alibi_impl='flex': FlexAttention has no attention dropout "
+                                 f"(config.dropout={self.config.dropout}); use 'auto' or 'dense'")
+            return True
+        return (self.alibi_impl == "auto" and flex_available(device)
+                and not (self.training and self.config.dropout > 0))
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:  # [B, T] int64 -> [B, T, V]
         B, T = idx.shape
         if T > self.config.max_seq_len:
@@ -250,13 +345,15 @@ class GPT(nn.Module):
             x = x * self.emb_mult
         x = self.emb_dropout(x)
         rope = self.rope(T, idx.device) if self.config.pos == "rope" else None
-        attn_bias = self.alibi(T, idx.device, x.dtype) if self.config.pos == "alibi" else None
+        alibi = None
+        if self.config.pos == "alibi":
+            alibi = self.flex_alibi(T, idx.device) if self.use_flex(idx.device) else self.alibi(T, idx.device, x.dtype)
         use_ckpt = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_ckpt:
-                x = checkpoint(block, x, rope, attn_bias, use_reentrant=False)
+                x = checkpoint(block, x, rope, alibi, use_reentrant=False)
             else:
-                x = block(x, rope, attn_bias)
+                x = block(x, rope, alibi)
         logits = self.lm_head(self.norm(x))  # [B, T, V]
         if self.logit_mult != 1.0:
             logits = logits * self.logit_mult
