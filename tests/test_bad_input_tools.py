@@ -432,3 +432,15 @@ def test_lm_eval_refuses_bad_numbers(flag, value, expected):
 
     code, _, err = call_main(parse_args, ["ckpt", "--tasks", "t", flag, value])
     assert code == 2 and f"argument {flag}: {value} {expected}" in err, err
+
+
+def test_evaluate_never_prints_a_loss_over_zero_samples(finished_run, tiny_data, tmp_path):
+    """Data of the run's tokenizer whose validation split is empty (--val-fraction 0): refused, no loss printed."""
+    no_val = tmp_path / "no_val"
+    res = run_data_prep(["tokenize", "--input", str(tiny_data.parent / "raw"), "--output", str(no_val), "--tokenizer",
+                         str(tiny_data.parent / "tok.model"), "--seq-len", "64", "--val-fraction", "0", "-q"])
+    assert res.returncode == 0, res.stderr
+    code, out, err = evaluate_main([str(ckpt(finished_run, 6)), "--data", str(no_val)])
+    assert code == 2 and "validation loss" not in out, out
+    # refused by the data checks (0 samples in its manifest), else by evaluate's own (its split has no sample)
+    assert str(no_val) in err and ("0 samples" in err or "has no sample" in err), err
