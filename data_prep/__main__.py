@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from pretrain.outputs import OutputError
 
 from .errors import DataPrepError
 
@@ -31,7 +34,10 @@ def _size(text: str) -> int:
         mult = 1024 ** ("kmg".index(t[-1]) + 1)
         t = t[:-1]
     try:
-        value = int(float(t) * mult)
+        number = float(t)
+        if not math.isfinite(number):
+            raise ValueError(text)
+        value = int(number * mult)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size in bytes like 67108864 or 64m, got {text!r}") from None
     if value < 1:
@@ -59,8 +65,19 @@ def _mb_cap(text: str) -> Optional[float]:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size in MB, 0 or none, got {text!r}") from None
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive size in MB, 0 or none, got {text!r}")
+    return value
+
+
+def _mb(text: str) -> float:
+    """A positive, finite size in MB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MB, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite size in MB, got {text!r}")
     return value
 
 
@@ -108,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-mb-per-dist", type=_mb_cap, default=10.0, metavar="MB",
                    help="packages source: cap on the text taken from one distribution, so that a huge "
                         "generated SDK does not dominate (default 10; 0 or none: no cap)")
-    d.add_argument("--max-mb", type=float, default=None, help="cap on total text size in MB (10^6 bytes)")
+    d.add_argument("--max-mb", type=_mb, default=None, help="cap on total text size in MB (10^6 bytes)")
     d.add_argument("--docs-per-file", type=_positive_int, default=256, help="documents per .jsonl.zst file (default 256)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace an existing demo corpus at --output (anything else is never replaced)")
 
     t = sub.add_parser(
         "train-tokenizer",
@@ -132,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from each input piece (a compressed file, 16m of a .jsonl, parquet row groups)")
     t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     t.add_argument("--text-field", default="text", help="JSON/parquet field holding the text (default: text)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing sentencepiece model at --output (anything else is never replaced)")
 
     k = sub.add_parser(
         "tokenize",
@@ -192,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _train_tokenizer(args)
         if args.command == "tokenize":
             return _tokenize(args)
-    except (DataPrepError, FileNotFoundError) as e:
+    except (DataPrepError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -209,7 +230,7 @@ def _demo_corpus(args: argparse.Namespace) -> int:
         DemoCorpusConfig(
             output=args.output, max_mb=args.max_mb, docs_per_file=args.docs_per_file, sources=args.sources,
             site_packages=tuple(args.site_packages) if args.site_packages else None,
-            max_mb_per_dist=args.max_mb_per_dist,
+            max_mb_per_dist=args.max_mb_per_dist, overwrite=args.overwrite,
         )
     )
     if args.sources == ("stdlib",):  # the demo's line, as before --sources
@@ -249,6 +270,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
             seed=args.seed,
             text_field=args.text_field,
             sample_bytes=args.sample_bytes,
+            overwrite=args.overwrite,
         )
     )
     print(

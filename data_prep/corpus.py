@@ -51,10 +51,12 @@ byte-identical for a given Python installation.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import email.parser
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sysconfig
@@ -62,6 +64,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional, Union
+
+from pretrain.outputs import staged_dir
 
 from .errors import DataPrepError
 from .fsutil import atomic_write_bytes, unit_hash
@@ -122,6 +126,7 @@ class DemoCorpusConfig:
     # cap on the text taken from any one installed distribution (None: no cap); keeps a huge
     # generated SDK (e.g. oci's API clients, 115 MB of docstrings) from dominating the corpus
     max_mb_per_dist: Optional[float] = 10.0
+    overwrite: bool = False  # replace an existing demo corpus at ``output`` (anything else is never replaced)
 
 
 @dataclass
@@ -542,8 +547,8 @@ def iter_demo_documents(
 
 
 def build_demo_corpus(cfg: DemoCorpusConfig) -> DemoCorpusResult:
-    if cfg.max_mb is not None and cfg.max_mb <= 0:
-        raise DataPrepError(f"--max-mb must be > 0, got {cfg.max_mb}")
+    if cfg.max_mb is not None and not (math.isfinite(cfg.max_mb) and cfg.max_mb > 0):
+        raise DataPrepError(f"--max-mb must be a finite number > 0, got {cfg.max_mb}")
     if cfg.docs_per_file < 1:
         raise DataPrepError(f"--docs-per-file must be >= 1, got {cfg.docs_per_file}")
     sources = tuple(cfg.sources)
@@ -571,15 +576,43 @@ def build_demo_corpus(cfg: DemoCorpusConfig) -> DemoCorpusResult:
     use_dedup = cfg.dedup if cfg.dedup is not None else "packages" in sources
     dedup = Deduper() if use_dedup else None
     limit = None if cfg.max_mb is None else int(cfg.max_mb * MB)
-    if cfg.max_mb_per_dist is not None and cfg.max_mb_per_dist <= 0:
-        raise DataPrepError(f"--max-mb-per-dist must be > 0, got {cfg.max_mb_per_dist}")
+    if cfg.max_mb_per_dist is not None and not (math.isfinite(cfg.max_mb_per_dist) and cfg.max_mb_per_dist > 0):
+        raise DataPrepError(f"--max-mb-per-dist must be a finite number > 0, got {cfg.max_mb_per_dist}")
     dist_limit = None if cfg.max_mb_per_dist is None else int(cfg.max_mb_per_dist * MB)
     capped: dict[str, int] = {}
 
+    # The output rule (pretrain.outputs): never the standard library or a site-packages directory (nor inside
+    # or around one); an existing corpus only with --overwrite; written beside it, swapped in when complete.
+    inputs = ([("standard library", stdlib_dir)] if stdlib_dir is not None else []) + [
+        ("site-packages directory", Path(w)) for w in where[1 if stdlib_dir is not None else 0:]]
+    output = Path(cfg.output)
+    with staged_dir(output, overwrite=cfg.overwrite, owned_by=is_demo_corpus, flag="--output", inputs=inputs) as stage:
+        res = _write_corpus(cfg, stage / "train", stdlib_dir, site, dedup, limit, dist_limit, capped, where)
+    return dataclasses.replace(res, files=[output / f.relative_to(stage) for f in res.files])
+
+
+def is_demo_corpus(path: Path) -> bool:
+    """a demo corpus (train/chunkN/example_train_K.jsonl.zst files only, and top-level hidden marker files)"""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for entry in path.iterdir():
+        if entry.name.startswith(".") and entry.is_file() and not entry.is_symlink():
+            continue  # e.g. launch_scripts/demo.sh's .complete
+        if entry.name != "train" or not entry.is_dir() or entry.is_symlink():
+            return False
+        for chunk in entry.iterdir():
+            if not (re.fullmatch(r"chunk\d+", chunk.name) and chunk.is_dir() and not chunk.is_symlink()):
+                return False
+            if not all(_FILE_RE.match(f.name) and f.is_file() and not f.is_symlink() for f in chunk.iterdir()):
+                return False
+    return True
+
+
+def _write_corpus(cfg: DemoCorpusConfig, train_dir: Path, stdlib_dir, site, dedup, limit, dist_limit, capped,
+                  where) -> DemoCorpusResult:
     import zstandard
 
     cctx = zstandard.ZstdCompressor(level=cfg.zstd_level)
-    train_dir = Path(cfg.output) / "train"
     written: list[Path] = []
     by_source: dict[str, int] = {}
     bytes_by_source: dict[str, int] = {}
@@ -617,22 +650,8 @@ def build_demo_corpus(cfg: DemoCorpusConfig) -> DemoCorpusResult:
         flush()
     if n_docs == 0:
         raise DataPrepError(f"no documents found under {', '.join(where)} (within --max-mb {cfg.max_mb})")
-    _remove_stale(train_dir, set(written))
     return DemoCorpusResult(
         n_docs, total_bytes, written, dict(sorted(by_source.items())), dict(sorted(bytes_by_source.items())),
         dedup.stats if dedup is not None else None, len(site.distributions) if site is not None else 0,
         dict(sorted(capped.items())),
     )
-
-
-def _remove_stale(train_dir: Path, keep: set[Path]) -> None:
-    """Delete example_train_K.jsonl.zst files of an earlier, larger run (only our own names)."""
-    if not train_dir.is_dir():
-        return
-    for chunk in sorted(train_dir.iterdir()):
-        if not (chunk.is_dir() and re.fullmatch(r"chunk\d+", chunk.name)):
-            continue
-        for f in sorted(chunk.iterdir()):
-            if _FILE_RE.match(f.name) and f not in keep:
-                log.info("removing stale %s from an earlier run", f)
-                f.unlink()

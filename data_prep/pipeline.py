@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pretrain import faults
+from pretrain.outputs import OutputError, check_disjoint, check_replaceable
 
 from .errors import DataPrepError
 from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 from .manifest import FORMAT, MANIFEST_NAME, SPLITS, VERSION, identity, identity_diff, read_manifest
 from .pack import token_dtype
-from .readers import DEFAULT_SOURCE_FIELD, SkipLog, resolve_inputs
+from .readers import DEFAULT_SOURCE_FIELD, SkipLog, input_paths, resolve_inputs
 from .split import SPLIT_HASH
 from .tokenizer import ROUND_TRIP_PROBE, load_tokenizer, resolve_eos
 from .units import Unit, auto_unit_size, default_workers, plan_to_json, plan_units
@@ -110,6 +111,32 @@ def _validate(cfg: TokenizeConfig) -> None:
 # output directory states
 
 
+def is_tokenize_output(path: Path) -> bool:
+    """a dataset written by `data_prep tokenize` (its manifest.json), or one it is writing (.work)"""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if (path / WORK_NAME).is_dir():
+        return True
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # only what an interrupted run leaves before it writes its plan
+        return all(e.name == LOCK_NAME or e.name.startswith((TMP_PREFIX, OLD_PREFIX)) for e in path.iterdir())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def check_output(out_dir: Path, inputs: list[tuple[str, Path]]) -> None:
+    """The output rule (:mod:`pretrain.outputs`) for ``--output``: never an input (nor containing or inside one:
+    ``--input D/train --output D`` would replace the corpus' train directory), and an existing directory only
+    when it is tokenize's own (even with --overwrite); raises ``OutputError`` before anything is written."""
+    check_disjoint(out_dir, inputs, flag="--output")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--output {out_dir} exists and is not a directory; it is not replaced, even with "
+                          "--overwrite: choose a new or empty directory")
+    check_replaceable(out_dir, overwrite=True, owned_by=is_tokenize_output, flag="--output")
+
+
 def _check_output_dir(out_dir: Path, planned: dict[str, Any], plan: dict[str, Any], overwrite: bool) -> str:
     """Decide what to do with ``out_dir``: 'fresh', 'resume' or 'complete' (nothing to do).
 
@@ -187,8 +214,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     _validate(cfg)
     out_dir = Path(cfg.output).expanduser().absolute()
     files = resolve_inputs(cfg.inputs)
-    sizes = [p.stat().st_size for p in files]
     tok_path = Path(cfg.tokenizer).expanduser().absolute()
+    check_output(out_dir, [*input_paths(cfg.inputs, files), ("tokenizer", tok_path)])
+    sizes = [p.stat().st_size for p in files]
     tok = load_tokenizer(tok_path)
     vocab_size = tok.vocab_size
     eos_id = resolve_eos(tok, tok_path, cfg.eos_piece)

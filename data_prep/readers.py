@@ -164,7 +164,7 @@ def resolve_inputs(specs: Sequence[str], flag: str = "--input") -> list[Path]:
                 )
             candidates = [p]
         elif p.is_dir():
-            candidates = list(_walk_supported(p))
+            candidates = list(_walk_supported(p, flag))
             if not candidates:
                 raise DataPrepError(f"{flag} {spec}: directory has no files ending in {supported}")
         elif glob.has_magic(spec):
@@ -172,7 +172,7 @@ def resolve_inputs(specs: Sequence[str], flag: str = "--input") -> list[Path]:
             for match in sorted(glob.glob(os.path.expanduser(spec), recursive=True)):
                 mp = Path(match)
                 if mp.is_dir():
-                    candidates.extend(_walk_supported(mp))
+                    candidates.extend(_walk_supported(mp, flag))
                 elif mp.is_file() and format_of(mp) is not None:
                     candidates.append(mp)
             if not candidates:
@@ -184,12 +184,45 @@ def resolve_inputs(specs: Sequence[str], flag: str = "--input") -> list[Path]:
     return sorted(found.values(), key=lambda q: str(q))
 
 
-def _walk_supported(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk_supported(root: Path, flag: str = "--input") -> Iterator[Path]:
+    """Supported files below ``root``, in sorted order, following links to directories (each directory once).
+
+    A directory that cannot be listed (no permission, an I/O error, removed while walking) is an error
+    naming it: its documents would otherwise vanish from the dataset without a trace.
+    """
+    def fail(e: OSError) -> None:
+        where = e.filename or root
+        raise DataPrepError(f"{flag} {root}: cannot read the directory {where} ({e.strerror or e}); "
+                            "its files would be missing from the output: fix its permissions or leave it out")
+
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            fail(e)
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a directory already walked: no loop
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and format_of(name) is not None:
                 yield Path(dirpath) / name
+
+
+def input_paths(specs: Sequence[str], files: Sequence[Path] = ()) -> list[tuple[str, Path]]:
+    """Every path an output must stay clear of: the ``--input`` paths given, what their globs match, and
+    the input files found (``[("input", path)]``, for :func:`pretrain.outputs.check_disjoint`)."""
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.exists():
+            out.append(("input", p))
+        elif glob.has_magic(spec):
+            out += [("input", Path(m)) for m in sorted(glob.glob(os.path.expanduser(spec), recursive=True))]
+    out += [("input file", Path(f)) for f in files]
+    return out
 
 
 def iter_records(

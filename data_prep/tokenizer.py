@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+from pretrain.outputs import check_disjoint, check_replaceable
+
 from .errors import DataPrepError
 from .fsutil import atomic_write_bytes, unit_hash
-from .readers import BadRecord, Document, SkipLog, read_piece, resolve_inputs
+from .readers import BadRecord, Document, SkipLog, input_paths, read_piece, resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class TokenizerTrainConfig:
     verify_docs: int = 2000  # documents checked for an exact round trip after training
     sample_bytes: int = 2 << 30  # text read from the inputs, at most (plus one document)
     piece_bytes: int = 16 << 20  # input piece size, and text taken per piece at most
+    overwrite: bool = False  # replace an existing sentencepiece model at ``output``
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
     if cfg.sample_bytes < 1 or cfg.piece_bytes < 1:
         raise DataPrepError("--sample-bytes and the piece size must be positive")
     files = resolve_inputs(cfg.inputs)
+    # the output rule (pretrain.outputs): never an input or inside one; an existing file only if it is a
+    # sentencepiece model, and only with --overwrite (written atomically, at the end)
+    check_disjoint(out, input_paths(cfg.inputs, files), flag="--output")
+    check_replaceable(out, overwrite=cfg.overwrite, owned_by=is_sentencepiece_model, flag="--output")
     t0 = time.time()
     skips = SkipLog()
     sampler = _Sampler(files, cfg, skips)
@@ -247,6 +254,19 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TokenizerTrainResult:
         out.resolve(), sp.vocab_size(), len(sentences), n_bytes, n_docs, verified, time.time() - t0,
         sampler.pieces_read, len(sampler.pieces), sampler.bytes_read,
     )
+
+
+def is_sentencepiece_model(path: Path) -> bool:
+    """a sentencepiece model (as train-tokenizer writes)"""
+    if not path.is_file() or path.is_symlink():
+        return False
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def check_special_ids(sp, where: str) -> None:

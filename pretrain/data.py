@@ -23,46 +23,150 @@ from typing import Any, Iterator, Optional
 SPLITS = ("train", "val")
 
 
-def clean_stale_shared_memory() -> None:
-    """mosaicml-streaming's ``clean_stale_shared_memory`` (collective), unless ``PRETRAIN_CLEAN_STALE_SHM=0``.
+SHM_LOCK_ENV = "PRETRAIN_SHM_LOCK"
+SHM_LOCK_NAME = "pretrain-streaming-shm.lock"
 
-    Streaming's cleanup unlinks every segment it knows the name of, including those of live loaders in other
-    processes: whoever starts several runs at once on one machine (``python -m experiments --slots K``) cleans
-    once before them and sets the variable to 0 for each run.
+
+def shm_lock_path() -> str:
+    """The machine-wide lock every run on this machine takes around its use of streaming's shared-memory names:
+    ``$PRETRAIN_SHM_LOCK`` when set, else ``/dev/shm/pretrain-streaming-shm.lock`` (the directory that holds the
+    names themselves, so every user and process that can collide shares it), or the temporary directory."""
+    import os
+    import tempfile
+
+    path = os.environ.get(SHM_LOCK_ENV)
+    if path:
+        return path
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else tempfile.gettempdir()
+    return os.path.join(base, SHM_LOCK_NAME)
+
+
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    import fcntl
+    import os
+
+    path = shm_lock_path()
+    try:
+        fd = os.open(path, os.O_RDONLY)  # an existing lock file, whoever made it (a read-only open is enough)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _mapped_shm_names() -> Optional[set[str]]:
+    """Names of the /dev/shm segments some live process on this machine has mapped; None if that cannot be told
+    for a process that might be a run (a Python process of ours whose memory map cannot be read): then
+    nothing is cleaned."""
+    import os
+
+    names: set[str] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    i = line.find("/dev/shm/")
+                    if i >= 0:
+                        names.add(line[i + len("/dev/shm/"):].rstrip("\n").removesuffix(" (deleted)"))
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+        except OSError:  # its memory map is not ours to read
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                    continue  # another user's process cannot map our segments (streaming creates them 0600)
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue  # it ended meanwhile
+            if comm.startswith(("python", "pt_", "deepspeed", "torchrun")):
+                return None  # it might be a run: clean nothing
+    return names
+
+
+def _clean_unmapped_segments() -> int:
+    """Unlink streaming's shared-memory segments (``NNNNNN_<name>`` in /dev/shm) that no live process maps: what
+    killed runs left behind. Segments of live runs, on any machine user's behalf, are never touched (streaming's
+    own ``clean_stale_shared_memory`` unlinks every segment it finds, live ones included). Returns how many."""
+    import os
+    import re
+
+    from streaming.base.constant import SHM_TO_CLEAN
+
+    if not os.path.isdir("/dev/shm"):
+        return 0
+    pattern = re.compile(r"^\d{6}_(%s)$" % "|".join(re.escape(n.lstrip("_")) for n in SHM_TO_CLEAN))
+    uid = os.getuid()
+    candidates = []
+    for name in os.listdir("/dev/shm"):
+        if pattern.match(name):
+            try:
+                if uid == 0 or os.stat(os.path.join("/dev/shm", name)).st_uid == uid:
+                    candidates.append(name)
+            except OSError:
+                pass
+    if not candidates:
+        return 0
+    mapped = _mapped_shm_names()
+    if mapped is None:
+        return 0
+    removed = 0
+    for name in candidates:
+        if name not in mapped:
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+                removed += 1
+            except OSError:  # another user's, or gone meanwhile
+                pass
+    return removed
+
+
+def clean_stale_shared_memory() -> None:
+    """Remove the shared memory that killed data loaders left (collective: local rank 0 cleans, all wait), unless
+    ``PRETRAIN_CLEAN_STALE_SHM=0``.
+
+    Only segments that no live process maps are removed, under the machine-wide lock of
+    :func:`shared_memory_lock`: runs started side by side on one machine never remove each other's.
     """
     import os
 
-    if os.environ.get("PRETRAIN_CLEAN_STALE_SHM", "1") == "0":
-        return
-    from streaming.base.util import clean_stale_shared_memory as clean
+    if os.environ.get("PRETRAIN_CLEAN_STALE_SHM", "1") != "0":
+        from streaming.base.distributed import get_local_rank
 
-    clean()
+        if get_local_rank() == 0:
+            with _machine_lock():
+                _clean_unmapped_segments()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 @contextlib.contextmanager
 def shared_memory_lock(world_size: int) -> Iterator[None]:
-    """Holds ``$PRETRAIN_SHM_LOCK`` (an exclusive file lock) while a single-process run creates its loaders.
+    """Holds the machine-wide lock (:func:`shm_lock_path`) while a single-process run creates its loaders.
 
     mosaicml-streaming names a loader's shared memory by the first prefix it finds free; two processes
     creating loaders at the same moment can pick the same name (``FileExistsError: /000874_locals``).
-    Whoever starts several runs at once on one machine (``python -m experiments --slots K``) sets the
-    variable to one path for all of them. Unset, or in a multi-rank run (whose ranks create their loaders
-    together), it does nothing.
+    Every single-process run takes this lock, so runs started together on one machine never collide,
+    whoever started them (``$PRETRAIN_SHM_LOCK`` names another lock file). In a multi-rank run (whose ranks
+    create their loaders together, with barriers between them) it does nothing.
     """
-    import os
-
-    path = os.environ.get("PRETRAIN_SHM_LOCK")
-    if not path or world_size > 1:
+    if world_size > 1:
         yield
         return
-    import fcntl
-
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with _machine_lock():
+        yield
 
 
 def is_remote(path: str) -> bool:
@@ -81,6 +185,9 @@ class DataConfig:
     cache_dir: Optional[str] = None  # local copy of remote data (default ~/.cache/pretrain/<hash of path>); set it
     # for a local path too to stream from a shared filesystem into a local disk
     download_timeout: float = 120.0  # seconds per file fetched from the remote
+    # data.tokenizer may differ from the file the data was tokenized with (its sha256 in the manifest) only when
+    # this says it is deliberate (e.g. the same model re-saved); its vocabulary size and EOS id must still agree
+    tokenizer_mismatch_ok: bool = False
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -90,6 +197,10 @@ class DataConfig:
             problems.append(("seq_len", "an integer >= 1"))
         if self.num_workers < 0:
             problems.append(("num_workers", "an integer >= 0"))
+        if not (math.isfinite(self.download_timeout) and self.download_timeout > 0):
+            problems.append(("download_timeout", "a finite number of seconds > 0"))
+        if self.mix and not all(math.isfinite(p) for p in self.mix.values()):
+            problems.append(("mix", "finite proportions"))
         return problems
 
     def build(self) -> "DataSource":
@@ -103,6 +214,7 @@ class DataSource:
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
+        self._prepared = False  # decompress_shards ran (its hashes checked) in this process
 
     # -- where the data is -----------------------------------------------------------------
     @property
@@ -173,6 +285,102 @@ class DataSource:
         if tok is None or not Path(tok).is_file():
             key = "tokenizer" if self.cfg.tokenizer else "path"
             problems.append((key, self.cfg.tokenizer or self.cfg.path, f"an existing tokenizer file: a sentencepiece model (.model) or a tokenizer.json ({tok} not found)"))
+        else:
+            problems += self._check_tokenizer(manifest, Path(tok), mpath)
+        problems += self._check_splits(manifest, mpath)
+        if not problems:
+            problems += self._check_shards(manifest, mpath)
+        return problems
+
+    def _check_tokenizer(self, manifest: dict[str, Any], tok: Path, mpath: Any) -> list[tuple[str, Any, str]]:
+        """The tokenizer is the one the data was made with (the manifest's sha256 of it), or, with
+        ``tokenizer_mismatch_ok``, one with the same vocabulary size and EOS id."""
+        from data_prep.fsutil import sha256_file
+
+        key, value = ("tokenizer", self.cfg.tokenizer) if self.cfg.tokenizer else ("path", self.cfg.path)
+        want = manifest["tokenizer"].get("sha256")
+        try:
+            got = sha256_file(tok)
+        except OSError as e:
+            return [(key, value, f"a readable tokenizer file ({tok}: {e})")]
+        if got == want:
+            return []
+        made_with = manifest["tokenizer"].get("path")
+        if not self.cfg.tokenizer_mismatch_ok:
+            what = ("the tokenizer the data was made with" if self.cfg.tokenizer else
+                    f"the tokenizer the data was made with, unchanged since ({tok} was replaced after tokenizing)")
+            return [(key, value, f"{what}: {made_with} with sha256 {want} (from {mpath}); {tok} has sha256 {got}. "
+                     "Tokens of one tokenizer decoded with another are garbage, and an export would ship the wrong "
+                     "vocabulary. Point data.tokenizer at the right file, or set data.tokenizer_mismatch_ok=true if "
+                     "the difference is deliberate (the vocabulary size and EOS id must still agree)")]
+        from data_prep.errors import DataPrepError
+        from data_prep.tokenizer import load_tokenizer
+
+        try:
+            t = load_tokenizer(tok)
+        except DataPrepError as e:
+            return [(key, value, f"a tokenizer file ({e})")]
+        problems = []
+        if t.vocab_size != manifest["vocab_size"]:
+            problems.append((key, value, f"a tokenizer with the data's vocabulary size {manifest['vocab_size']} (from "
+                             f"{mpath}; {tok} has {t.vocab_size}), even with tokenizer_mismatch_ok"))
+        if t.eos_id != manifest["eos_id"]:
+            problems.append((key, value, f"a tokenizer with the data's EOS id {manifest['eos_id']} (from {mpath}; "
+                             f"{tok} has {t.eos_id}), even with tokenizer_mismatch_ok"))
+        return problems
+
+    def _check_splits(self, manifest: dict[str, Any], mpath: Any) -> list[tuple[str, Any, str]]:
+        """Every split has samples (a loader over an empty split fails deep inside streaming)."""
+        problems = []
+        for split in SPLITS:
+            n = manifest["splits"][split]["samples"]
+            if not (isinstance(n, int) and n > 0):
+                hint = ("raise --val-fraction" if split == "val" else "add data or lower --seq-len")
+                problems.append(("path", self.cfg.path, f"a dataset whose {split!r} split has samples ({mpath} "
+                                 f"says {n} samples, {manifest['splits'][split]['tokens']} tokens: re-run "
+                                 f"`data_prep tokenize` and {hint})"))
+        return problems
+
+    def _check_shards(self, manifest: dict[str, Any], mpath: Any, samples: int = 8) -> list[tuple[str, Any, str]]:
+        """The shards are what the manifest says: their column is ``ndarray:<dtype>:<sample_len>`` and the first
+        ``samples`` samples of each split's first shard hold token ids below ``vocab_size``. Cheap: one shard
+        per split is read (decompressed in memory if need be), never the dataset."""
+        import numpy as np
+
+        want = f"ndarray:{manifest['dtype']}:{manifest['sample_len']}"
+        column = manifest.get("column", "tokens")
+        vocab = manifest["vocab_size"]
+        problems = []
+        for split in SPLITS:
+            for d in self.split_dirs(manifest, split):
+                index_path = d / "index.json"
+                try:
+                    shards = json.loads(index_path.read_text())["shards"]
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    problems.append(("path", self.cfg.path, f"a readable MDS index at {index_path} ({e})"))
+                    continue
+                if not shards:
+                    problems.append(("path", self.cfg.path, f"shards in {index_path} ({mpath} says the split has "
+                                     "samples, the index lists none)"))
+                    continue
+                bad = [sh.get("raw_data", {}).get("basename") for sh in shards
+                       if sh.get("column_encodings") != [want] or sh.get("column_names") != [column]]
+                if bad:
+                    sh = next(x for x in shards if x.get("raw_data", {}).get("basename") == bad[0])
+                    problems.append(("path", self.cfg.path, f"shards of column {column!r} = {want} as {mpath} says "
+                                     f"(dtype {manifest['dtype']}, seq_len {manifest['seq_len']}); {d / bad[0]} has "
+                                     f"{sh.get('column_names')} = {sh.get('column_encodings')} ({len(bad)} such shards)"))
+                    continue
+                try:
+                    rows = _first_samples(d, shards[0], samples)
+                except (OSError, ValueError) as e:
+                    problems.append(("path", self.cfg.path, f"a readable first shard in {d} ({e})"))
+                    continue
+                tokens = np.frombuffer(b"".join(rows), dtype=manifest["dtype"])
+                if tokens.size and int(tokens.max()) >= vocab:
+                    problems.append(("path", self.cfg.path, f"token ids below the vocab_size {vocab} of {mpath}; "
+                                     f"{d / shards[0]['raw_data']['basename']} holds id {int(tokens.max())} in its "
+                                     f"first {len(rows)} samples (the manifest does not describe these shards)"))
         return problems
 
     def _check_remote(self) -> list[tuple[str, Any, str]]:
@@ -230,34 +438,75 @@ class DataSource:
         }
 
     def decompress_shards(self) -> int:
-        """Decompress every compressed shard of local data that has no raw copy yet; returns how many.
+        """Verify every shard against its index's sha1 and decompress those with no raw copy; returns how many
+        raw shards were written.
 
-        mosaicml-streaming decompresses a shard on its first read into ``shard.N.mds.tmp``,
-        coordinated within one node only: two nodes on a shared filesystem collide. Each node's
-        local rank 0 calls this before the datasets are built (unique temporary names, atomic
-        renames: nodes doing it at once only repeat work). Streamed data has a cache per node.
+        Every path from disk to a batch checks the hashes (``data.validate_hash``): mosaicml-streaming checks a
+        compressed shard only when it decompresses it itself, never a raw shard that is already there (data
+        written with ``--compression none``, or decompressed by an earlier run). Here a compressed shard is
+        checked before it is decompressed, the raw data before it is written (atomically, under a unique
+        temporary name: nodes sharing the directory only repeat work), and a raw shard already present is
+        checked too: one that fails is written again from its verified compressed copy, or refused by name
+        (:class:`ShardError`) when there is none. Each node's local rank 0 calls this before the datasets are
+        built. Streamed data: cached files that fail their hash are removed (fetched again on first read).
         """
+        self._prepared = True
         if self.streamed:
-            return 0
+            return self._verify_cache()
+        manifest = self.manifest()
+        dirs = [d for split in SPLITS for d in self.split_dirs(manifest, split)]
+        return sum(self._prepare_dir(d) for d in dirs)
+
+    def verify_split(self, split: str) -> int:
+        """:meth:`decompress_shards` for one split, in a process where no rank did it (``pretrain.evaluate``);
+        a no-op after :meth:`decompress_shards` or on a rank other than its node's first."""
         import os
-        import socket
 
-        from streaming.base.compression import decompress
+        if self._prepared or os.environ.get("LOCAL_RANK", "0") != "0":
+            return 0
+        if self.streamed:
+            return self._verify_cache()
+        return sum(self._prepare_dir(d) for d in self.split_dirs(self.manifest(), split))
 
-        manifest, done = self.manifest(), 0
+    def _prepare_dir(self, d: Path) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+
+        index = d / "index.json"
+        try:
+            shards = json.loads(index.read_text())["shards"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ShardError(f"{index}: not a readable MDS index ({e})") from e
+        validate = self.cfg.validate_hash
+        import os
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return sum(pool.map(lambda shard: _prepare_shard(d, index, shard, validate), shards))
+
+    def _verify_cache(self) -> int:
+        """Remove cached shards (raw or compressed) that fail their hash: streaming fetches them again."""
+        import logging
+
+        if not self.cfg.validate_hash:
+            return 0
+        log = logging.getLogger(__name__)
+        try:
+            manifest = self.manifest()
+        except (OSError, ValueError):
+            return 0
         for split in SPLITS:
             for d in self.split_dirs(manifest, split):
-                index = json.loads((d / "index.json").read_text())
-                for shard in index.get("shards", []):
-                    raw = d / shard["raw_data"]["basename"]
-                    if raw.exists() or not shard.get("zip_data"):
-                        continue
-                    data = decompress(shard["compression"], (d / shard["zip_data"]["basename"]).read_bytes())
-                    tmp = raw.with_name(f"{raw.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, raw)
-                    done += 1
-        return done
+                try:
+                    shards = json.loads((d / "index.json").read_text())["shards"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                for shard in shards:
+                    for key in ("raw_data", "zip_data"):
+                        info = shard.get(key)
+                        path = d / info["basename"] if info else None
+                        if path is not None and path.is_file() and _sha1(path.read_bytes()) != _want_sha1(info, path, d / "index.json"):
+                            log.warning("%s fails its sha1 (corrupt cache); removed, it is fetched again", path)
+                            path.unlink(missing_ok=True)
+        return 0
 
     # -- loaders ---------------------------------------------------------------------------
     def build_train_loader(self, micro_batch_size: int, seed: int):
@@ -294,6 +543,8 @@ class DataSource:
         """{source: its validation dataset} of per-source data; {} for single-layout data."""
         from streaming import StreamingDataset
 
+        self.verify_split("val")
+
         return {
             name: StreamingDataset(local=str(self.local_root / d), remote=self._remote(d.as_posix()), shuffle=False,
                                    batch_size=1, validate_hash="sha1" if self.cfg.validate_hash else None)
@@ -302,6 +553,8 @@ class DataSource:
 
     def build_val_dataset(self):
         from streaming import StreamingDataset
+
+        self.verify_split("val")
 
         return StreamingDataset(
             **self._dataset_kwargs("val", proportions=False),
@@ -333,3 +586,96 @@ def endless(loader) -> Iterator[Any]:
 def split_batch(tokens, seq_len: int):
     """(inputs, targets), each [B, seq_len], from packed samples [B, >= seq_len + 1]."""
     return tokens[:, :seq_len], tokens[:, 1 : seq_len + 1]
+
+
+class ShardError(ValueError):
+    """A shard that fails its hash (or is missing) with no verified copy to restore it from: names the file."""
+
+
+def _sha1(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(data).hexdigest()
+
+
+def _want_sha1(info: dict[str, Any], path: Path, index: Path) -> str:
+    want = (info.get("hashes") or {}).get("sha1")
+    if not isinstance(want, str):
+        raise ShardError(f"{index}: no sha1 for {path.name} (hashes: {sorted(info.get('hashes') or {})}); data "
+                         "written by `data_prep tokenize` always has one: re-run it, or set data.validate_hash=false")
+    return want
+
+
+def _prepare_shard(d: Path, index: Path, shard: dict[str, Any], validate: bool) -> int:
+    """Check (and if need be write) one shard's raw file; 1 if it was written."""
+    import logging
+    import os
+    import socket
+    import threading
+
+    raw_info, zip_info = shard["raw_data"], shard.get("zip_data")
+    raw = d / raw_info["basename"]
+    if raw.is_file():
+        if not validate:
+            return 0
+        want = _want_sha1(raw_info, raw, index)
+        if _sha1(raw.read_bytes()) == want:
+            return 0
+        if not zip_info:
+            raise ShardError(f"{raw}: corrupt shard: its sha1 differs from {index}'s {want}, and there is no "
+                             "compressed copy to restore it from; restore the file or re-run `data_prep tokenize`")
+        logging.getLogger(__name__).warning("%s fails its sha1 (from %s): written again from %s", raw, index,
+                                            zip_info["basename"])
+    elif not zip_info:
+        raise ShardError(f"{raw}: missing shard (listed in {index}, with no compressed copy); restore the "
+                         "file or re-run `data_prep tokenize`")
+    from streaming.base.compression import decompress
+
+    zpath = d / zip_info["basename"]
+    try:
+        packed = zpath.read_bytes()
+    except FileNotFoundError:
+        raise ShardError(f"{zpath}: missing shard (listed in {index}, with no raw copy {raw.name}); restore "
+                         "the file or re-run `data_prep tokenize`") from None
+    if validate and _sha1(packed) != _want_sha1(zip_info, zpath, index):
+        raise ShardError(f"{zpath}: corrupt shard: its sha1 differs from {index}'s "
+                         f"{_want_sha1(zip_info, zpath, index)}; restore the file or re-run `data_prep tokenize`")
+    try:
+        data = decompress(shard["compression"], packed)
+    except Exception as e:  # the codec's own error
+        raise ShardError(f"{zpath}: cannot be decompressed ({shard['compression']}: {e})") from e
+    if validate and _sha1(data) != _want_sha1(raw_info, raw, index):
+        raise ShardError(f"{zpath}: decompresses to data whose sha1 differs from {index}'s for {raw.name}; "
+                         "restore the file or re-run `data_prep tokenize`")
+    tmp = raw.with_name(f"{raw.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, raw)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return 1
+
+
+def _first_samples(d: Path, shard: dict[str, Any], n: int) -> list[bytes]:
+    """The first ``n`` samples of an MDS shard (its raw file, or its compressed one decompressed in memory)."""
+    import numpy as np
+
+    raw = d / shard["raw_data"]["basename"]
+    if raw.is_file():
+        data = raw.read_bytes()
+    elif shard.get("zip_data"):
+        from streaming.base.compression import decompress
+
+        data = decompress(shard["compression"], (d / shard["zip_data"]["basename"]).read_bytes())
+    else:
+        raise ValueError(f"{raw} not found")
+    count = int(np.frombuffer(data[:4], np.uint32)[0]) if len(data) >= 4 else 0
+    k = min(n, count, shard.get("samples", count))
+    offsets = np.frombuffer(data[4:4 + 4 * (k + 1)], np.uint32)
+    if len(offsets) < k + 1 or any(int(offsets[i]) > int(offsets[i + 1]) or int(offsets[i + 1]) > len(data) for i in range(k)):
+        raise ValueError(f"{raw}: not an MDS shard (bad sample offsets)")
+    return [data[int(offsets[i]):int(offsets[i + 1])] for i in range(k)]
+
