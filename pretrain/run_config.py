@@ -351,12 +351,12 @@ def resolve(
         except CheckpointError as e:
             problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory ({e})")
     if c.init_from is not None and c.init_from.startswith("hf:") and not file_problems:
-        from .export import ExportError, hf_config_differences
+        from .hf import HFError, hf_config_differences
 
         try:
             for difference in hf_config_differences(cfg.model, Path(c.init_from[3:])):
                 problems.add("checkpoint.init_from", c.init_from, f"weights that fit the model: {difference}")
-        except ExportError as e:
+        except HFError as e:
             problems.add("checkpoint.init_from", c.init_from, f"a Hugging Face model directory ({e})")
     if cfg.schedule.name == "cooldown" and c.branch_from is not None and not problems.items:
         _fill_cooldown_start(cfg, Path(c.branch_from))

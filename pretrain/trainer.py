@@ -133,11 +133,11 @@ class Trainer:
         """Load ``directory``'s Llama / Phi-3 weights into ``model``; rank 0 records them in lineage.json."""
         from .checkpoint import atomic_write_text
         from .config_loader import ConfigError
-        from .export import ExportError, hf_format, load_hf, sha256_files
+        from .hf import HFError, hf_format, load_hf, sha256_files
 
         try:
             sd, files = load_hf(directory, self.cfg.model)
-        except ExportError as e:
+        except HFError as e:
             raise ConfigError([f"checkpoint.init_from = hf:{directory}: {e}"]) from None
         model.load_state_dict(sd)
         if self.dist.is_main:

@@ -153,7 +153,7 @@ def test_export_folds_mup_multipliers(tmp_path, tied, fmt):
     multipliers folded into the weights: transformers gives our logits; a tied model is written untied."""
     from safetensors.torch import save_file
 
-    from pretrain.export import hf_config, to_hf_state_dict, unsupported
+    from pretrain.hf import hf_config, to_hf_state_dict, unsupported
     from pretrain.model.config import GPTConfig, MuPConfig
 
     config = GPTConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pretrain.config_loader import ConfigError
-from pretrain.export import ExportError, export, hf_config_differences, load_gpt, load_hf
+from pretrain.export import ExportError, export, load_gpt
+from pretrain.hf import HFError, hf_config_differences, load_hf
 from tests.conftest import ROOT, tiny_overrides
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
@@ -123,3 +124,52 @@ def test_init_from_refuses_misfits(source, tiny_data, tmp_path):
     assert any("model.mup is set" in d for d in hf_config_differences(mup, exported))
     with pytest.raises(ConfigError, match="'hf:DIR'"):
         train(DEMO, _overrides(tiny_data, tmp_path / "y", **{"checkpoint.init_from": str(exported)}))
+
+
+def test_unreadable_hf_files_are_named(source, tiny_data, tmp_path):
+    """A config.json, index or weight file that cannot be read is an HFError naming the file (the run config's
+    check reports it as a bad checkpoint.init_from), never a bare JSON or safetensors exception."""
+    from pretrain import train
+
+    src_run, exported, _ = source
+    config = load_gpt(src_run)[0].config
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    cfg_text = (bad / "config.json").read_text()
+    for content, expected in (("{not json", "cannot be read as JSON"), ("[1, 2]", "holds a list"),
+                              ('{"model_type": ["llama"]}', r"model_type = \['llama'\]: expected 'llama' or 'phi3'")):
+        (bad / "config.json").write_text(content)
+        with pytest.raises(HFError, match=expected) as e:
+            hf_config_differences(config, bad)
+        assert str(bad / "config.json") in str(e.value)
+    with pytest.raises(ConfigError, match=r"checkpoint.init_from.*a Hugging Face model directory.*config.json"):
+        train(DEMO, _overrides(tiny_data, tmp_path / "x", **{"checkpoint.init_from": f"hf:{bad}"}))
+    (bad / "config.json").write_text(cfg_text)
+    (bad / "model.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    with pytest.raises(HFError, match="cannot be read as safetensors") as e:
+        load_hf(bad, config)
+    assert str(bad / "model.safetensors") in str(e.value)
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    with pytest.raises(HFError, match="weight_map is list; expected an object"):
+        load_hf(bad, config)
+    assert ExportError is HFError  # pretrain.export's callers catch the same errors
+
+
+def test_hf_module_imports_only_lower_layers():
+    """pretrain.hf (every import, module level or in a function) reaches only the model package, the bottom
+    layer and external libraries: never a command, the run config, the trainer, run directories, checkpoints
+    or data_prep."""
+    import ast
+
+    import pretrain.hf
+
+    allowed = ("pretrain.model", "pretrain.config_loader", "pretrain.errors", "pretrain.hardware",
+               "pretrain.distributed", "pretrain.faults", "pretrain.outputs")
+    tree = ast.parse(Path(pretrain.hf.__file__).read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [("pretrain." if node.level else "") + (node.module or "") for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)]
+    assert "pretrain.model.config" in imported and "safetensors" in imported
+    ours = [m for m in imported if m.split(".")[0] in ("pretrain", "data_prep")]
+    above = [m for m in ours if not any(m == a or m.startswith(a + ".") for a in allowed)]
+    assert not above, f"pretrain.hf imports {above}: only {', '.join(allowed)} and external libraries are allowed"
