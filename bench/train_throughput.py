@@ -340,7 +340,9 @@ def make_ours(model, args, precision: str, setup: Setup, device: str, schedule, 
     def step(micro_batches, global_step):
         set_lr(engine.optimizer, schedule(global_step))
         out = train_step(engine, micro_batches, setup.seq_len, device, z_loss)
-        return out.loss, out.grad_norm
+        # train_step leaves its figures on the device; read them every step, as the bare loop does (and as
+        # train_step itself did before the training loop buffered them)
+        return float(out.loss), float(out.grad_norm) if out.grad_norm is not None else float("nan")
 
     desc = f"DeepSpeed ZeRO-{stage}, " + ("bf16 + fp32 master" if precision == "bf16" else "fp32") + \
         (" (--ds-set)" if args.ds_set else "")

@@ -46,7 +46,7 @@ from typing import Any, Iterator, Literal, Optional
 from data_prep.fsutil import atomic_write_bytes, sha256_file
 
 from . import __version__, faults
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, barrier, gather_to_main
 from .errors import CheckpointError, UnsafeCheckpoint  # noqa: F401  (re-exported)
 
 MARKER = "COMPLETE"
@@ -73,10 +73,11 @@ class CheckpointConfig:
     init_from: Optional[str] = None  # "hf:DIR": a fresh run from Hugging Face Llama/Phi-3 weights (also model.init_from)
     restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
     load_data_state: bool = True  # continue the saved data order; false: a fresh order (a branch onto new data)
+    convert_workers: int = 0  # parallel workers converting a checkpoint for another world size; 0: the cores, at most 8
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        for name in ("interval", "permanent_every"):
+        for name in ("interval", "permanent_every", "convert_workers"):
             if getattr(self, name) < 0:
                 problems.append((name, "an integer >= 0"))
         if self.interval_minutes < 0:
@@ -326,6 +327,8 @@ class CheckpointDir:
             )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {path}")
+        if load_dir is not None:  # a universal load leaves each state's step a CPU tensor
+            optimizer_steps_to_device(engine.optimizer)
         return self.rank_state(tag, dist)
 
     def rank_state(self, tag: str, dist: DistInfo) -> dict[str, Any]:
@@ -341,13 +344,78 @@ class CheckpointDir:
         return saved
 
 
-def commit(path: Path, marker: dict[str, Any], pause=lambda phase: None) -> dict[str, Any]:
-    """Seal the files under ``path``: the manifest (size and sha256 of each), then the COMPLETE marker."""
-    files = {
-        str(p.relative_to(path)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")
-    }
+def manifest_names(path: Path) -> list[str]:
+    """The files a manifest of ``path`` covers (relative names, sorted): all but the marker, the manifest itself
+    and hidden files."""
+    return [str(p.relative_to(path)) for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name not in (MARKER, MANIFEST) and not p.name.startswith(".")]
+
+
+def hash_files(path: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each of ``names`` under ``path``: the manifest's entries."""
+    return {name: {"bytes": (path / name).stat().st_size, "sha256": sha256_file(path / name)} for name in names}
+
+
+_RANK_FILE_RE = re.compile(r"(?:zero_pp_rank_|trainer_state_rank)(\d+)")
+
+
+def rank_share(names: list[str], rank: int, world_size: int) -> list[str]:
+    """The files of ``names`` that ``rank`` hashes at a save: those it wrote (its ZeRO shards, its trainer
+    state: still in its node's page cache), and every world_size-th one of the others (rank 0's model
+    states, config.yaml): each file exactly once over the ranks."""
+    share = []
+    for i, name in enumerate(names):
+        m = _RANK_FILE_RE.search(Path(name).name)
+        if (int(m.group(1)) if m else i) % world_size == rank:
+            share.append(name)
+    return share
+
+
+def merge_manifest(path: Path, parts: list[dict[str, dict[str, Any]]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The manifest's entries from the ranks' partial ones, checked against ``path`` as this rank sees it: every
+    file listed once, with its current size; a file no rank hashed (or hashed at another size) is hashed here.
+    Returns the entries and the names hashed here."""
+    names = manifest_names(path)
+    got: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        got.update(part or {})
+    redo = [n for n in names if n not in got or got[n]["bytes"] != (path / n).stat().st_size]
+    files = {n: got[n] for n in names if n not in redo}
+    files.update(hash_files(path, redo))
+    return {n: files[n] for n in names}, redo
+
+
+def optimizer_steps_to_device(optimizer) -> int:
+    """Put each optimizer state's ``step`` where torch's AdamW keeps it: on the parameter's device for a fused or
+    capturable group (fused AdamW on CUDA refuses a CPU step), on the CPU otherwise (read on the host). A
+    universal load leaves every step a CPU tensor. ``optimizer``: DeepSpeed's (ZeRO wraps the torch one) or
+    torch's. Returns how many were moved."""
+    import torch
+
+    base = getattr(optimizer, "optimizer", optimizer)
+    moved = 0
+    for group in base.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = base.state.get(p)
+            if not state or "step" not in state:
+                continue
+            step = state["step"]
+            if not isinstance(step, torch.Tensor):
+                step = torch.tensor(float(step), dtype=torch.float32)
+            want = p.device if on_device else torch.device("cpu")
+            if step.device != want or not step.is_floating_point():
+                state["step"] = step.to(device=want, dtype=step.dtype if step.is_floating_point() else torch.float32)
+                moved += 1
+    return moved
+
+
+def commit(path: Path, marker: dict[str, Any], pause=lambda phase: None,
+           files: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """Seal the files under ``path``: the manifest (size and sha256 of each; ``files`` when the ranks hashed them
+    already), then the COMPLETE marker."""
+    if files is None:
+        files = hash_files(path, manifest_names(path))
     manifest_text = json.dumps({"files": files}, indent=1)
     atomic_write_text(path / MANIFEST, manifest_text)
     pause("manifest")
@@ -386,17 +454,24 @@ class CheckpointSaver:
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client, save_latest=False)
         full_state = {**rank_state, "state": state.to_dict(), "rank": rank, "world_size": self.dist.world_size}
         atomic_write_text(path / f"trainer_state_rank{rank}.json", json.dumps(full_state))
+        if self.dist.is_main and self.config_yaml:
+            atomic_write_text(path / "config.yaml", self.config_yaml)
         faults.pause("rank_state", rank, self.root, state.step)
         barrier()  # every rank's files are on disk
+        # Every rank hashes its own share of the files at once (a partial manifest); rank 0 checks and merges them.
+        part = hash_files(path, rank_share(manifest_names(path), rank, self.dist.world_size))
+        parts = gather_to_main(part)
         if self.dist.is_main:
-            self._commit(path, state, permanent)
+            files, redone = merge_manifest(path, parts)
+            if redone:
+                print(f"warning: {path}: rank 0 hashed {len(redone)} file(s) the ranks' partial manifests did not "
+                      f"cover as it sees them: {', '.join(redone[:5])}", file=sys.stderr, flush=True)
+            self._commit(path, state, permanent, files)
         barrier()
         return path
 
-    def _commit(self, path: Path, state, permanent: bool) -> None:
+    def _commit(self, path: Path, state, permanent: bool, files: Optional[dict[str, dict[str, Any]]] = None) -> None:
         rank = self.dist.rank
-        if self.config_yaml:
-            atomic_write_text(path / "config.yaml", self.config_yaml)
         marker = {
             "step": state.step,
             "tokens": state.tokens,
@@ -405,7 +480,7 @@ class CheckpointSaver:
             "version": __version__,
             "permanent": permanent,
         }
-        commit(path, marker, lambda phase: faults.pause(phase, rank, self.root, state.step))
+        commit(path, marker, lambda phase: faults.pause(phase, rank, self.root, state.step), files)
         atomic_write_text(self.root / POINTER, path.name + "\n")
         faults.pause("pointer", rank, self.root, state.step)
         self._prune(state.step)
@@ -423,4 +498,10 @@ class CheckpointSaver:
             for p in self.root.iterdir():
                 if TAG_RE.match(p.name) and p.name not in complete and step_of(p.name) < newest:
                     shutil.rmtree(p, ignore_errors=True)
+            # Conversions for another world size (pretrain.convert) of older steps: a resume starts from a newer one.
+            universal = self.root / ".universal"
+            if universal.is_dir():
+                for p in universal.iterdir():
+                    if TAG_RE.match(p.name) and step_of(p.name) < newest:
+                        shutil.rmtree(p, ignore_errors=True)
 

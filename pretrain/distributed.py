@@ -59,6 +59,14 @@ def select_accelerator() -> str:
     return os.environ["DS_ACCELERATOR"]
 
 
+def device_index(local_rank: int, device_count: int) -> int:
+    """The GPU a rank uses among those it sees: a scheduler may show each rank only its own GPU(s)
+    (CUDA_VISIBLE_DEVICES), so that local rank 3 sees one device, index 0."""
+    if device_count < 1:
+        raise RuntimeError("no CUDA device is visible to this rank (CUDA_VISIBLE_DEVICES?)")
+    return local_rank % device_count
+
+
 def init_distributed(threads: int = 0) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed; set the device, and ``threads`` intra-op threads.
 
@@ -76,12 +84,54 @@ def init_distributed(threads: int = 0) -> DistInfo:
         threads = plan_threads(detect(), local_world).threads
     torch.set_num_threads(threads)  # share the cores among the ranks of this node instead of oversubscribing
     if accel == "cuda":
-        torch.cuda.set_device(local_rank)
-        device, backend = f"cuda:{local_rank}", "nccl"
+        count = torch.cuda.device_count()
+        index = device_index(local_rank, count)
+        if count > 1 and local_world > count and rank == 0:
+            print(f"warning: {local_world} ranks on this node share {count} visible GPUs", flush=True)
+        torch.cuda.set_device(index)
+        device, backend = f"cuda:{index}", "nccl"
     else:
         device, backend = "cpu", "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    _make_host_group(backend)
     return DistInfo(rank, world, local_rank, local_world, device, backend)
+
+
+# The group for the few host-side numbers the ranks agree on every update (stop and save flags): gloo, on CPU
+# tensors. Over NCCL those would have to be device tensors, and reading the result back a device->host sync
+# that waits for every kernel queued so far; a gloo all-reduce of two numbers waits only for the other ranks'
+# hosts. None: the default group (already gloo).
+_HOST_GROUP = None
+
+
+def _make_host_group(backend: str) -> None:
+    """Create the host group (a collective: every rank calls it, right after the default group exists)."""
+    global _HOST_GROUP
+    import torch.distributed as dist
+
+    _HOST_GROUP = dist.new_group(backend="gloo") if backend != "gloo" and dist.get_world_size() > 1 else None
+
+
+def host_all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum over ranks of a few host numbers (float64, CPU, gloo): no device sync on any backend."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, group=_HOST_GROUP)
+    return t.tolist()
+
+
+def gather_to_main(obj) -> list:
+    """Every rank's ``obj`` (picklable) on rank 0, in rank order, over the host group; [] on the other ranks."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0, group=_HOST_GROUP)
+    return out or []
 
 
 def all_reduce_sum(values: list[float], device: str) -> list[float]:

@@ -9,8 +9,8 @@ checkpoint directory: the source is never written to).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -131,35 +131,47 @@ def check_compatible(start: StartPoint, cfg) -> None:
         raise CheckpointError(f"cannot start from {start.path}: its step {start.step} is past train.max_steps = {cfg.train.max_steps}")
 
 
-def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_config: dict) -> StartPoint:
-    """Convert a checkpoint saved by another world size to DeepSpeed's universal format."""
+def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_config: dict, workers: int = 0,
+                       poll_s: float = 2.0) -> StartPoint:
+    """Use a checkpoint saved by another world size through DeepSpeed's universal format.
+
+    A conversion made before (``python -m pretrain.convert``, or an earlier launch) is reused. Otherwise
+    rank 0 converts it with ``workers`` parallel workers while the other ranks wait for its marker file,
+    polling the filesystem: no collective is open during the conversion, whose length no collective
+    timeout bounds (a ZeRO-3 optimizer state of tens of GB takes longer than the default 10 minutes).
+    """
+    from .convert import UNIVERSAL, convert, is_converted
+
     saved_world = start.marker["world_size"]
     if saved_world == dist.world_size or "merged" in start.marker:  # a merge holds no DeepSpeed files
         return start
-    out_root = own_root / ".universal"
+    out_root = own_root / UNIVERSAL
     out = out_root / start.tag
-    error = None
-    if dist.is_main and not (out / ".done").is_file():
-        print(f"converting {start.path} ({saved_world} ranks) to a universal checkpoint for {dist.world_size} ranks", flush=True)
-        tmp = out_root / f".tmp-{start.tag}"
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(
-            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(start.path),
-             "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1",
-             "--inject_missing_state"],
-            capture_output=True, text=True,
-        )
-        if res.returncode != 0:
-            error = f"cannot convert {start.path} for world size {dist.world_size}: ds_to_universal failed:\n{res.stderr[-3000:]}"
+    # One quick collective before the wait: this launch's name for a failure, so that no rank takes a failure
+    # file left by an earlier launch for its own.
+    launch_id = _broadcast(secrets.token_hex(8) if dist.is_main else None)
+    failed = out_root / f".failed-{start.tag}-{launch_id}"
+    if dist.is_main:
+        if is_converted(out, start.path):
+            print(f"using the universal checkpoint {out} made before", flush=True)
         else:
-            (tmp / ".done").touch()
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            tmp.rename(out)
-    error = _broadcast(error)
-    if error:
-        raise CheckpointError(error)
-    barrier()
+            print(f"converting {start.path} ({saved_world} ranks) to a universal checkpoint for "
+                  f"{dist.world_size} ranks", flush=True)
+            for old in out_root.glob(f".failed-{start.tag}-*"):  # earlier launches' (their ranks are gone)
+                old.unlink(missing_ok=True)
+            try:
+                convert(start.path, out_root, workers, log=lambda msg: print(msg, flush=True))
+            except Exception as e:
+                from .checkpoint import atomic_write_text
+
+                atomic_write_text(failed, str(e))  # the other ranks stop polling and fail the same way
+                raise
+    else:
+        while not is_converted(out, start.path):
+            if failed.is_file():
+                raise CheckpointError(failed.read_text())
+            time.sleep(poll_s)
+    barrier()  # every rank is here once the conversion is done: a short wait
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return StartPoint(start.root, start.tag, start.marker, start.branch, load_dir=out_root, universal=True)
 

@@ -108,7 +108,7 @@ class Trainer:
                   else f"  no MFU: {peak_why}", flush=True)
             _write_hardware(out / "hardware.json", hw, self.precision, self.threads, self.peak_flops, peak_why)
         if start is not None:
-            start = prepare_world_size(start, self.saver.root, dist, self.ds_config)
+            start = prepare_world_size(start, self.saver.root, dist, self.ds_config, cfg.checkpoint.convert_workers)
         self.start = start
         if dist.is_main:
             atomic_write_text(out / "ds_config.json", json.dumps(self.ds_config, indent=2))
@@ -285,8 +285,10 @@ class Trainer:
     def _loop(self, batches) -> None:
         from . import faults
         from .optim import set_lr
+        from .distributed import host_all_reduce_sum
+        from .training.callbacks import _due
         from .training.loop import SpikeDetector, memory_gb, param_norm
-        from .training.step import StepOutput, train_step
+        from .training.step import StepBuffer, StepOutput, train_step
 
         cfg, state, engine, dist = self.cfg, self.state, self.engine, self.dist
         t = cfg.train
@@ -298,7 +300,14 @@ class Trainer:
         if state.step == 0 and cfg.eval.at_start:  # the initial weights' validation loss: a step-0 record
             self.logger.on_step_end(self, {"step": 0, "tokens": 0, **self.evaluator.metrics(self)})
         spikes = SpikeDetector(t.spike_window, t.spike_threshold)
-        first_step, consecutive_skips, skipped_total = state.step, 0, 0
+        self._skips = [0, 0]  # [consecutive, total] skipped updates
+        # Host syncs: the updates' losses and norms stay on the device, buffered, until a step that needs them on
+        # the host (a logging, evaluation or save step, a stop, the last step; every step with train.skip_spikes,
+        # whose pre-check needs the running statistics): then one all-reduce and one device->host copy for all of
+        # them, the stability guards run over them in order, and each gets its own metrics.jsonl record as before.
+        buffer = StepBuffer(dist.device, dist.rank, dist.world_size)
+        pending: list[tuple[dict[str, Any], Optional[tuple[float, float]], bool]] = []  # (metrics, spike, skipped)
+        first_step = state.step
         last = time.perf_counter()
         while not state.done:
             multiplier = schedule(state.step)
@@ -318,23 +327,22 @@ class Trainer:
                                  poison=faults.step_hit("train.nan_loss", state.step + 1))
             state.step += 1
             state.tokens += tokens_per_step
-            # One collective per step: the loss terms and every rank's stop/save flags.
-            flags = self.control.local_flags(state.step - first_step)
-            loss, z_loss, stop, save_due = all_reduce_sum([out.loss, out.z_loss, *flags], dist.device)
-            loss, z_loss = loss / dist.world_size, z_loss / dist.world_size
+            # Every rank's stop/save flags, agreed after every update: host numbers over gloo (a side group when
+            # the default one is NCCL), so no device sync; a preemption's grace period needs only one update.
+            stop, save_due = host_all_reduce_sum(self.control.local_flags(state.step - first_step))
             state.stop, state.save_due = stop > 0 and not state.done, save_due > 0
             now = time.perf_counter()
             step_time, last = now - last, now
             tokens_per_s = tokens_per_step / step_time
             metrics: dict[str, Any] = {
                 "step": state.step,
-                "loss": loss,
+                "loss": None,  # filled at the next host sync (the key keeps its place in the record)
                 "lr": cfg.optimizer.lr * multiplier,  # the schedule's LR; each group scales it by its lr_mult
                 "lr_multiplier": multiplier,
                 "tokens": state.tokens,
-                "grad_norm": out.grad_norm,
-                **({"z_loss": z_loss} if cfg.model.z_loss else {}),
-                "step_time_s": step_time,
+                "grad_norm": None,
+                **({"z_loss": None} if cfg.model.z_loss else {}),
+                "step_time_s": step_time,  # the host's time: with a device, the time to queue the update's work
                 "data_wait_s": data_wait,
                 "tokens_per_s": tokens_per_s,
                 "samples_per_s": tokens_per_s / self.seq_len,
@@ -343,38 +351,21 @@ class Trainer:
             }
             if self.peak_flops:
                 metrics["mfu"] = flops_per_token * tokens_per_s / dist.world_size / self.peak_flops
-
-            # Stability guards. DeepSpeed skips an update whose gradients are not finite (the
-            # same decision on every rank: it follows from the all-reduced gradient norm).
-            if spike is not None:
-                skipped_total += 1
-                metrics.update(skipped=1, skipped_total=skipped_total, loss_spike_z=spike[1])
-                self._warn(f"step {state.step}: loss spike {loss:.4f} ({spike[1]:.1f} std above the last "
-                           f"{t.spike_window} updates); update skipped")
-            elif out.skipped or not math.isfinite(loss):
-                consecutive_skips += 1
-                skipped_total += 1
-                metrics.update(skipped=1, skipped_total=skipped_total)
-                self._warn(f"step {state.step}: non-finite loss or gradients ({loss}); update skipped "
-                           f"({consecutive_skips} in a row)")
-                if consecutive_skips >= t.max_consecutive_skips:
-                    raise TrainingUnstable(
-                        f"{consecutive_skips} consecutive updates skipped as non-finite (steps "
-                        f"{state.step - consecutive_skips + 1}..{state.step}); stopping, the last good checkpoint is kept"
-                    )
-            else:
-                consecutive_skips = 0
-                z = spikes.observe(loss)
-                if z is not None:
-                    metrics["loss_spike_z"] = z
-                    self._warn(f"step {state.step}: loss spike {loss:.4f} ({z:.1f} std above the last "
-                               f"{t.spike_window} updates)")
+            buffer.add(out)
+            pending.append((metrics, spike, out.skipped))
             if faults.step_hit("train.nan_weight", state.step):
                 _poison_weight(engine)
             log_due = state.step % cfg.logging.interval == 0 or state.done
-            if log_due or self.checkpointer.due(state):
-                # The weights are checked before every save and at every logging step: the norm is a reduction
-                # over all of them (non-finite norm: non-finite weights), agreed by all ranks in one collective.
+            save = self.checkpointer.due(state)
+            if not (log_due or save or state.stop or t.skip_spikes
+                    or _due(state.step, cfg.eval.interval, state.max_steps)):
+                continue  # nothing needs this update's numbers on the host yet
+
+            self._settle(pending, buffer.read(), spikes)  # may raise TrainingUnstable
+            pending = []
+            # The weights are checked before every save and at every logging step: the norm is a reduction
+            # over all of them (non-finite norm: non-finite weights), agreed by all ranks in one collective.
+            if log_due or save:
                 norm = param_norm(engine)
                 (bad,) = all_reduce_sum([float(not math.isfinite(norm))], dist.device)
                 if bad:
@@ -393,6 +384,46 @@ class Trainer:
                 break
         for cb in self.callbacks:
             cb.on_train_end(self)
+
+    def _settle(self, pending, values, spikes) -> None:
+        """Fill the buffered updates' loss, z-loss and gradient norm (``values``, in order), run the stability
+        guards over them in order, and log each but the last (the caller runs every callback for that one).
+
+        DeepSpeed skips an update whose gradients are not finite (the same decision on every rank: it follows
+        from the all-reduced gradient norm); too many in a row stop the run, naming the steps.
+        """
+        t, skips = self.cfg.train, self._skips
+        for i, ((metrics, spike, skipped), (loss, z_loss, grad_norm)) in enumerate(zip(pending, values)):
+            step = metrics["step"]
+            metrics["loss"], metrics["grad_norm"] = loss, grad_norm
+            if "z_loss" in metrics:
+                metrics["z_loss"] = z_loss
+            if spike is not None:
+                skips[1] += 1
+                metrics.update(skipped=1, skipped_total=skips[1], loss_spike_z=spike[1])
+                self._warn(f"step {step}: loss spike {loss:.4f} ({spike[1]:.1f} std above the last "
+                           f"{t.spike_window} updates); update skipped")
+            elif skipped or not math.isfinite(loss):
+                skips[0] += 1
+                skips[1] += 1
+                metrics.update(skipped=1, skipped_total=skips[1])
+                self._warn(f"step {step}: non-finite loss or gradients ({loss}); update skipped "
+                           f"({skips[0]} in a row)")
+                if skips[0] >= t.max_consecutive_skips:
+                    raise TrainingUnstable(
+                        f"{skips[0]} consecutive updates skipped as non-finite (steps "
+                        f"{step - skips[0] + 1}..{step}); stopping, the last good checkpoint is kept"
+                    )
+            else:
+                skips[0] = 0
+                z = spikes.observe(loss)
+                if z is not None:
+                    metrics["loss_spike_z"] = z
+                    self._warn(f"step {step}: loss spike {loss:.4f} ({z:.1f} std above the last "
+                               f"{t.spike_window} updates)")
+            if i < len(pending) - 1:  # no other callback acts on a step that did not need a host sync
+                self.logger.on_step_end(self, metrics)
+                self.last = metrics
 
     def _spike_precheck(self, micro_batches, spikes) -> Optional[tuple[float, float]]:
         """(loss, z) when this update's batches give a loss spike (an extra forward, same on all ranks)."""

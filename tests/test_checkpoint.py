@@ -49,11 +49,48 @@ def ok(res, code=0):
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_data, tmp_path_factory):
-    """The uninterrupted 2-rank run every resumed run is compared with."""
+def straight_run(tiny_data, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank run every resumed run is compared with (its run directory)."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     ok(launch(tiny_data, run_dir, **EXACT))
-    return losses(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def straight(straight_run):
+    return losses(straight_run)
+
+
+def test_ranks_hash_their_own_files_into_the_same_manifest(straight_run):
+    """Each rank hashed its share of a 2-rank save; the manifest is the one a serial hash of every file gives."""
+    from pretrain.checkpoint import MANIFEST, hash_files, manifest_names, rank_share
+
+    ckpt = CheckpointDir(straight_run / "checkpoints")
+    tags = ckpt.complete_tags()
+    assert tags == ["step_00000004", "step_00000008"]
+    for tag in tags:
+        path = ckpt.root / tag
+        names = manifest_names(path)
+        serial = json.dumps({"files": hash_files(path, names)}, indent=1)
+        assert (path / MANIFEST).read_text() == serial  # byte for byte
+        assert not ckpt.verify(tag)
+        shares = [rank_share(names, r, 2) for r in (0, 1)]
+        assert sorted(shares[0] + shares[1]) == names  # every file hashed by exactly one rank
+        assert "trainer_state_rank1.json" in shares[1] and "trainer_state_rank0.json" in shares[0]
+        assert any("zero_pp_rank_1_" in n for n in shares[1]) and not any("zero_pp_rank_1_" in n for n in shares[0])
+
+
+def test_rank_0_checks_the_partial_manifests(tmp_path):
+    """A file no rank hashed, or hashed at another size than rank 0 sees, is hashed again by rank 0."""
+    from pretrain.checkpoint import hash_files, merge_manifest
+
+    for name, data in (("a.pt", b"a" * 10), ("b.pt", b"b" * 20), ("c.json", b"{}")):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / ".hidden").write_bytes(b"x")
+    truth = hash_files(tmp_path, ["a.pt", "b.pt", "c.json"])
+    stale = {"b.pt": {"bytes": 5, "sha256": "0" * 64}}  # hashed before the file was whole
+    files, redone = merge_manifest(tmp_path, [{"a.pt": truth["a.pt"]}, stale])
+    assert files == truth and redone == ["b.pt", "c.json"]
 
 
 def test_resume_is_bitwise_exact(tiny_data, tmp_path, straight):
