@@ -30,8 +30,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--scale", default="cpu", choices=("tiny", "cpu", "full"),
                    help="cpu: minutes to an hour on 2 cores (default); full: the papers' sizes; tiny: a smoke test")
     p.add_argument("--seeds", type=integer(1), default=None, help="seeds per arm, >= 1 (default: the study's, per scale)")
-    p.add_argument("--slots", type=integer(1), default=1,
-                   help="runs at a time, >= 1; 1 runs in this process, K > 1 starts processes with the cores divided")
+    p.add_argument("--slots", type=integer(1), default=None,
+                   help="runs at a time, >= 1; 1 runs in this process, K > 1 in K standing worker processes with the "
+                        "cores divided (default: this machine's cores at $PRETRAIN_THREADS or 1 thread per run, "
+                        "as many as its memory holds)")
     p.add_argument("--gpus", type=integer(0), default=0, help="one run per GPU on this node (overrides --slots); 0: none")
     p.add_argument("--full-grid", action="store_true",
                    help="the study's whole grid at this scale (d2z at cpu scale: 8 schedules x 6 LRs x 2, 5, 20 TPP)")
@@ -45,6 +47,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="save each run this often, so a killed study loses at most this much (default 2; 0: off)")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; train nothing")
     args = p.parse_args(argv)
+    if args.slots is None:
+        from .runner import default_slots
+
+        args.slots = default_slots()
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"--set expects KEY=VALUE, got {bad}")

@@ -11,14 +11,21 @@ A run whose ``experiment.json`` exists is never redone. A run without it is (re)
 command; the trainer resumes it from its newest complete checkpoint. A branch starts from its parent's
 permanent checkpoint at the branch step, so nothing before the branch point is recomputed.
 
-Execution: ``slots=1`` runs in this process, one run after the other (no launch cost). ``slots=K`` starts
-K runs at a time as ``python pretrain.py`` processes with the cores divided among them; with GPUs, one
-run per GPU (``CUDA_VISIBLE_DEVICES``).
+Execution: ``slots=1`` runs in this process, one run after the other (no launch cost). ``slots=K`` runs K
+at a time, the cores divided among them (``PRETRAIN_THREADS``); with GPUs, one run per GPU
+(``CUDA_VISIBLE_DEVICES``). Each slot is a standing worker (:mod:`experiments.worker`) that runs its runs
+back to back in one process, paying the interpreter and the imports once per study instead of once per
+run; a worker that dies is replaced and its run retried once (it resumes from its checkpoint). A run
+marked ``isolated`` (and every run with ``standing=False``) gets its own ``python pretrain.py`` process.
+Both ways give the same results, bit for bit.
+
+The runs save only what resumption and the study need: a checkpoint every ``checkpoint_minutes``
+(``checkpoint.keep_last=1``), the branch points and kept steps permanently, the end of the run
+(``checkpoint.interval=0``: no saves every N steps).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -30,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Optional
 
 from pretrain.errors import EXIT_INCOMPLETE, EXIT_UNSTABLE
 
@@ -38,6 +45,7 @@ from .study import RunSpec, Study
 
 RESULT = "experiment.json"
 REPO = Path(__file__).resolve().parent.parent
+WORKER_MEMORY_GB = 1.5  # a standing worker on CPU: torch, DeepSpeed, streaming and a small run (measured 1.0-1.4)
 
 
 class StudyInterrupted(RuntimeError):
@@ -168,7 +176,7 @@ def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: 
     key = study.key(run)
     dirs = dirs or {}
     extra = [f"run_dir={dirs.get(run.label, out / 'runs' / key)}", f"name={study.name}-{key}",
-             f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1"]
+             "checkpoint.interval=0", f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1"]
     steps = sorted({c.branch_step for c in study.children(run)} | set(run.keep))
     if steps:
         extra.append(f"checkpoint.permanent=[{','.join(map(str, steps))}]")
@@ -191,24 +199,42 @@ def find_run_dir(out: Path, key: str) -> Path:
 
 # -- execution ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """This process's stdout and stderr (file descriptors 1 and 2, so C++ and DeepSpeed output too) go to ``path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_slots(threads_per_run: int = 0) -> int:
+    """Runs at a time on this machine: its cores at ``threads_per_run`` threads per run (default
+    ``$PRETRAIN_THREADS``, else 1: a study's small models gain more from runs side by side than from threads),
+    and no more standing workers than its available memory holds (``WORKER_MEMORY_GB`` each)."""
+    if threads_per_run < 1:
         try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            threads_per_run = max(1, int(os.environ.get("PRETRAIN_THREADS") or 1))
+        except ValueError:
+            threads_per_run = 1
+    slots = max(1, _cores() // threads_per_run)
+    try:
+        import psutil
+
+        slots = min(slots, max(1, int(psutil.virtual_memory().available / 2**30 // WORKER_MEMORY_GB)))
+    except ImportError:  # pragma: no cover  (psutil comes with DeepSpeed)
+        pass
+    return slots
+
+
+def _status(code: int) -> str:
+    """A run's status from the exit code ``python pretrain.py`` gives (or gave)."""
+    return {0: "done", EXIT_UNSTABLE: "diverged", EXIT_INCOMPLETE: "interrupted"}.get(code, "failed")
+
+
+@dataclass
+class _Busy:
+    """A slot's current run: in the slot's standing worker, or in its own process (``proc``, ``log``)."""
+
+    rec: RunRecord
+    t0: float
+    proc: Optional[subprocess.Popen] = None
+    log: Optional[IO[bytes]] = None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -240,10 +266,14 @@ class Runner:
     """Runs what a study still needs, in dependency order, and collects every run's outcome."""
 
     def __init__(self, study: Study, out: Path, *, slots: int = 1, gpus: int = 0, checkpoint_minutes: float = 2.0,
-                 total_steps: Optional[dict[str, int]] = None, progress: bool = True):
+                 total_steps: Optional[dict[str, int]] = None, progress: bool = True, standing: bool = True):
         self.study, self.out = study, Path(out)
         self.slots = max(1, gpus or slots)
         self.gpus = gpus
+        self.standing = standing  # K > 1: standing workers (False: a process per run)
+        self.workers: dict[int, Any] = {}  # slot -> experiments.worker.Worker, started on first use
+        self._results_dir: Optional[Path] = None
+        self.worker_processes = self.worker_runs = 0  # worker processes started (replacements too), runs handed to them
         self.checkpoint_minutes = checkpoint_minutes
         self.total_steps = total_steps or {}
         self.progress = progress
@@ -277,6 +307,7 @@ class Runner:
                     self._run_processes(ready)
         finally:
             stop.set()
+            self.close()
             if bar is not None:
                 bar.refresh()
                 bar.close()
@@ -312,80 +343,134 @@ class Runner:
     # -- one run in this process --------------------------------------------------------------------
 
     def _run_in_process(self, rec: RunRecord) -> None:
-        from pretrain import train
-        from pretrain.errors import LaunchError
+        from .worker import output_to, run_one
 
         rec.run_dir.mkdir(parents=True, exist_ok=True)
         overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)
         t0 = time.time()
-        status, error = "done", ""
-        with _output_to(rec.run_dir / "train.log"):
-            try:
-                result = train(self.study.config, overrides)
-                if result.code == EXIT_INCOMPLETE:
-                    status = "interrupted"
-            except LaunchError as e:
-                status, error = ("diverged" if e.code == EXIT_UNSTABLE else "failed"), str(e)
-            except Exception as e:  # a bad config or a bug: this run failed, the others still run
-                import traceback
+        with output_to(rec.run_dir / "train.log"):
+            code, error = run_one(str(self.study.config), overrides)
+        self._finish(rec, _status(code), time.time() - t0, error)
 
-                traceback.print_exc()
-                status, error = "failed", f"{type(e).__name__}: {e}"
-        self._finish(rec, status, time.time() - t0, error)
-
-    # -- K runs at a time, as processes -------------------------------------------------------------
+    # -- K runs at a time: standing workers, or a process per run ------------------------------------
 
     def _command(self, rec: RunRecord) -> list[str]:
         overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)
         return [sys.executable, str(REPO / "pretrain.py"), "--config", str(self.study.config), *overrides]
 
+    def threads(self) -> int:
+        """Intra-op threads per run: this process's cores divided among the slots (one core at least)."""
+        return max(1, _cores() // self.slots)
+
+    def _env(self, slot: int) -> dict[str, str]:
+        """The environment of a slot's runs, the same for a worker and a process per run (same results)."""
+        env = dict(os.environ, PRETRAIN_THREADS=str(self.threads()), PRETRAIN_CLEAN_STALE_SHM="0",
+                   PRETRAIN_SHM_LOCK=os.path.join(tempfile.gettempdir(), "pretrain-streaming-shm.lock"),
+                   PYTHONUNBUFFERED="1")
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(var, None)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        return env
+
+    def _worker(self, slot: int):
+        from .worker import Worker
+
+        if slot not in self.workers:
+            if self._results_dir is None:
+                self._results_dir = Path(tempfile.mkdtemp(prefix="study-workers-"))
+            self.workers[slot] = Worker(self._env(slot), self.out / "workers" / f"slot{slot}.log", self._results_dir)
+        return self.workers[slot]
+
+    def _start(self, slot: int, rec: RunRecord) -> _Busy:
+        rec.run_dir.mkdir(parents=True, exist_ok=True)
+        log = rec.run_dir / "train.log"
+        if self.standing and not rec.spec.isolated:
+            overrides = launch_overrides(self.study, rec.spec, self.out, self.checkpoint_minutes, self.dirs)
+            self._worker(slot).submit(self.study.config, overrides, log)
+            return _Busy(rec, time.time())
+        f = open(log, "ab")
+        proc = subprocess.Popen(self._command(rec), cwd=REPO, env=self._env(slot), stdout=f, stderr=subprocess.STDOUT)
+        return _Busy(rec, time.time(), proc, f)
+
+    def _poll(self, slot: int, busy: _Busy) -> Optional[tuple[int, str, bool]]:
+        """(exit code, error, whether its worker died) once the slot's run ended, else None."""
+        if busy.proc is None:
+            got = self.workers[slot].poll()
+            if got is None:
+                return None
+            return int(got["code"]), got.get("error", ""), bool(got.get("died"))
+        code = busy.proc.poll()
+        if code is None:
+            return None
+        busy.log.close()
+        return code, "", False
+
     def _run_processes(self, ready: list[RunRecord]) -> None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // self.slots)
         queue = list(ready)
-        running: dict[int, tuple[RunRecord, subprocess.Popen, float, Any]] = {}
+        running: dict[int, _Busy] = {}
         free = list(range(self.slots))
         retried: set[str] = set()
         try:
             while queue or running:
                 while queue and free:
                     slot, rec = free.pop(0), queue.pop(0)
-                    rec.run_dir.mkdir(parents=True, exist_ok=True)
-                    env = dict(os.environ, PRETRAIN_THREADS=str(threads), PRETRAIN_CLEAN_STALE_SHM="0",
-                               PRETRAIN_SHM_LOCK=os.path.join(tempfile.gettempdir(), "pretrain-streaming-shm.lock"),
-                               PYTHONUNBUFFERED="1")
-                    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-                        env.pop(var, None)
-                    if self.gpus:
-                        env["CUDA_VISIBLE_DEVICES"] = str(slot)
-                    log = open(rec.run_dir / "train.log", "ab")
-                    proc = subprocess.Popen(self._command(rec), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-                    running[slot] = (rec, proc, time.time(), log)
-                    time.sleep(1.0)  # staggered starts: the data loaders' shared memory is named as they start
-                time.sleep(0.5)
-                for slot, (rec, proc, t0, log) in list(running.items()):
-                    code = proc.poll()
-                    if code is None:
+                    running[slot] = self._start(slot, rec)
+                    if queue and free:
+                        time.sleep(1.0)  # staggered starts: the data loaders' shared memory is named as they start
+                time.sleep(0.1)
+                for slot, busy in list(running.items()):
+                    ended = self._poll(slot, busy)
+                    if ended is None:
                         continue
-                    log.close()
+                    code, error, died = ended
+                    rec = busy.rec
                     del running[slot]
                     free.append(slot)
-                    status = {0: "done", EXIT_UNSTABLE: "diverged", EXIT_INCOMPLETE: "interrupted"}.get(code, "failed")
-                    error = "" if status == "done" else f"exit code {code}: {_tail(rec.run_dir / 'train.log', 5)}"
-                    if status == "failed" and "FileExistsError" in error and rec.spec.label not in retried:
-                        # mosaicml-streaming can hand two loaders starting at once the same shared-memory name
+                    status = _status(code)
+                    if status != "done":
+                        tail = _tail(rec.run_dir / "train.log", 5)
+                        error = f"exit code {code}: {error + chr(10) if error else ''}{tail}"
+                    if status not in ("done", "diverged") and slot in self.workers and busy.proc is None:
+                        self.workers[slot].close()  # a worker whose run failed is replaced (it may be in a bad state)
+                    if status == "failed" and rec.spec.label not in retried and (died or "FileExistsError" in error):
+                        # its worker died (killed, out of memory) or mosaicml-streaming handed two loaders starting
+                        # at once the same shared-memory name: once more, resuming from its last checkpoint
                         retried.add(rec.spec.label)
                         queue.append(rec)
                         continue
-                    self._finish(rec, status, time.time() - t0, error)
+                    self._finish(rec, status, time.time() - busy.t0, error)
         finally:
-            for rec, proc, _, log in running.values():  # interrupted: the runs save and stop (exit 75)
-                proc.terminate()
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                log.close()
+            # Interrupted (or a run was): the other runs save and stop (SIGTERM, exit 75), then the workers end.
+            for slot, busy in running.items():
+                if busy.proc is not None:
+                    busy.proc.terminate()
+                else:
+                    self.workers[slot].stop_run()
+            for slot, busy in running.items():
+                if busy.proc is not None:
+                    try:
+                        busy.proc.wait(timeout=120)
+                    except subprocess.TimeoutExpired:
+                        busy.proc.kill()
+                        busy.proc.wait()
+                    busy.log.close()
+                else:
+                    self.workers[slot].wait(timeout=120)
+                    self.workers[slot].close()
+
+    def close(self) -> None:
+        """End the standing workers."""
+        import shutil
+
+        for worker in self.workers.values():
+            worker.close()
+            self.worker_processes += worker.started
+            self.worker_runs += worker.runs
+        self.workers.clear()
+        if self._results_dir is not None:
+            shutil.rmtree(self._results_dir, ignore_errors=True)
+            self._results_dir = None
 
     def _finish(self, rec: RunRecord, status: str, wall_s: float, error: str) -> None:
         if status == "interrupted":

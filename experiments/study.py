@@ -12,12 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence
 
 if TYPE_CHECKING:
     from pretrain.run_config import RunConfig
-
-    from .runner import StudyResults
 
 # Sections that change where a run writes, never what it computes.
 UNHASHED = ("name", "run_dir", "logging", "checkpoint")
@@ -39,10 +37,28 @@ class RunSpec:
     parent: Optional[str] = None  # label of the run this one branches from
     branch_step: Optional[int] = None
     keep: tuple[int, ...] = ()  # steps whose checkpoints the study needs besides branch points (e.g. to merge)
+    isolated: bool = False  # runs in its own process, never in a standing worker (e.g. a launcher under test)
 
     def __post_init__(self):
         if (self.parent is None) != (self.branch_step is None):
             raise ValueError(f"run {self.label!r}: a branch needs both parent and branch_step")
+
+
+class Results(Protocol):
+    """What a study's report gets: the runs by label, once run (:class:`experiments.runner.StudyResults`).
+
+    Declared here so that this module needs nothing of the runner (the runner imports the study, not the
+    other way round)."""
+
+    study: "Study"
+    records: Mapping[str, Any]  # label -> experiments.runner.RunRecord
+    out: Path
+
+    def __getitem__(self, label: str) -> Any: ...
+
+    def select(self, **params: Any) -> list[Any]: ...
+
+    def values(self, key: str) -> list[Any]: ...
 
 
 @dataclass
@@ -52,7 +68,7 @@ class Study:
     name: str
     config: Path
     runs: list[RunSpec]
-    report: Callable[["StudyResults", Path], str]  # writes figures into the directory, returns report.md's text
+    report: Callable[[Results, Path], str]  # writes figures into the directory, returns report.md's text
     notes: list[str] = field(default_factory=list)  # said in the dry run and the report (what this scale cannot show)
     dynamic: bool = False  # its runs depend on finished runs (build again after running, until nothing new appears)
 

@@ -452,11 +452,31 @@ class Trainer:
         self.callbacks = []
         self.evaluator = self.logger = None
         if self.engine is not None:
+            module = getattr(self.engine, "module", None)
             try:  # its hooks (held by torch's C++ side, out of the garbage collector's sight) would keep it alive
                 self.engine.destroy()
             except Exception as e:  # noqa: BLE001  (closing after a failure: report it, do not hide the failure)
                 self._warn(f"DeepSpeed engine.destroy() failed ({type(e).__name__}: {e}); its memory may be kept "
                            "until the process ends")
+            # ZeRO-3 keeps every engine alive through two module-level references that destroy() leaves
+            # (DeepSpeed 0.19): the root module on parameter_offload.FWD_MODULE_STACK, pushed when its hooks are
+            # set up and never popped, and the class-wide lru_cache of the coordinator's __params_to_release
+            # (keys: coordinator, submodule). Through the module's hooks they hold the engine, its optimizer,
+            # its process-group handles (sockets, gloo threads) and its memory. The cache is only a cache: an
+            # engine still alive in this process recomputes what it needs.
+            import sys
+
+            offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+            if offload is not None and module is not None:
+                offload.FWD_MODULE_STACK[:] = [m for m in offload.FWD_MODULE_STACK if m is not module]
+            coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+            cached = getattr(getattr(coordinator, "PartitionedParameterCoordinator", None),
+                             "_PartitionedParameterCoordinator__params_to_release", None)
+            # the lru_cache wrapper sits inside instrument_w_nvtx's wrapper (no functools.wraps: in its closure)
+            for fn in [cached, *(c.cell_contents for c in getattr(cached, "__closure__", None) or ())]:
+                if hasattr(fn, "cache_clear"):
+                    fn.cache_clear()
+            del module
         self.engine = self.loader = self.val = None
         self.val_per_source = {}
         gc.collect()
@@ -473,11 +493,13 @@ def _poison_weight(engine) -> None:
 
 
 def _streaming_memory_ids() -> set[int]:
+    """The ids of streaming's shared-memory blocks and datasets alive now (one walk over the heap)."""
+    from streaming.base.dataset import StreamingDataset
     from streaming.base.shared.memory import SharedMemory
 
     # issubclass(type(o)) rather than isinstance(o): isinstance reads o.__class__, and some objects warn on any
     # attribute read (torch.distributed.reduce_op prints a FutureWarning for each walk)
-    return {id(o) for o in gc.get_objects() if issubclass(type(o), SharedMemory)}
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), (SharedMemory, StreamingDataset))}
 
 
 def _release_streaming_memory(before: set[int]) -> None:
@@ -486,10 +508,23 @@ def _release_streaming_memory(before: set[int]) -> None:
     descriptors, until the process ends."""
     import atexit
 
+    from streaming.base.dataset import StreamingDataset
     from streaming.base.shared.memory import SharedMemory
 
-    for obj in gc.get_objects():
-        if issubclass(type(obj), SharedMemory) and id(obj) not in before:
+    new = [obj for obj in gc.get_objects() if issubclass(type(obj), (SharedMemory, StreamingDataset))
+           and id(obj) not in before]
+    for obj in new:  # first the datasets' threads, which still read the blocks
+        if isinstance(obj, StreamingDataset):
+            # A run that stops mid-epoch leaves its epoch's two threads (prepare, ready) waiting for samples
+            # nobody will ask for: they hold the dataset, and would stay until the process ends.
+            iterator = getattr(obj, "_iterator", None)
+            if iterator is not None:
+                iterator.non_blocking_exit()  # they see it within a tick (a thread that failed has ended already)
+            executor = getattr(obj, "_executor", None)
+            if executor is not None:
+                executor.shutdown(wait=True)
+    for obj in new:
+        if isinstance(obj, SharedMemory):
             atexit.unregister(obj.cleanup)
             obj.cleanup()
 

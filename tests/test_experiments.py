@@ -54,7 +54,8 @@ def test_dry_run_shows_the_full_scale_plan_without_data(capsys):
 
 def test_d2z_tiny_runs_reports_and_reuses_finished_runs(tiny_data, tmp_path, capsys):
     out = tmp_path / "d2z"
-    args = ["d2z", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}", "--set", "eval.max_samples=16"]
+    args = ["d2z", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}", "--set", "eval.max_samples=16",
+            "--slots", "1"]  # in this process (standing workers: tests/test_study_workers.py)
     assert experiments_main(args + ["--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert "time: calibrated (fp32" in dry
@@ -108,7 +109,7 @@ def test_skiplr_killed_mid_study_resumes_without_redoing_finished_runs(tiny_data
 def test_wsd_tiny_branches_cooldowns_and_merges(tiny_data, tmp_path):
     out = tmp_path / "wsd"
     args = ["wsd", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}",
-            "--set", "eval.max_samples=16", "--no-calibrate"]
+            "--set", "eval.max_samples=16", "--no-calibrate", "--slots", "1"]
     assert experiments_main(args) == 0
     rows = _rows(out)
     assert {r["status"] for r in rows} == {"done"}
