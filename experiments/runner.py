@@ -176,7 +176,8 @@ def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: 
     key = study.key(run)
     dirs = dirs or {}
     extra = [f"run_dir={dirs.get(run.label, out / 'runs' / key)}", f"name={study.name}-{key}",
-             "checkpoint.interval=0", f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1"]
+             "checkpoint.interval=0", f"checkpoint.interval_minutes={checkpoint_minutes}", "checkpoint.keep_last=1",
+             "logging.plot=false"]
     steps = sorted({c.branch_step for c in study.children(run)} | set(run.keep))
     if steps:
         extra.append(f"checkpoint.permanent=[{','.join(map(str, steps))}]")
@@ -364,9 +365,7 @@ class Runner:
 
     def _env(self, slot: int) -> dict[str, str]:
         """The environment of a slot's runs, the same for a worker and a process per run (same results)."""
-        env = dict(os.environ, PRETRAIN_THREADS=str(self.threads()), PRETRAIN_CLEAN_STALE_SHM="0",
-                   PRETRAIN_SHM_LOCK=os.path.join(tempfile.gettempdir(), "pretrain-streaming-shm.lock"),
-                   PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PRETRAIN_THREADS=str(self.threads()), PYTHONUNBUFFERED="1")
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(var, None)
         if self.gpus:
@@ -485,11 +484,12 @@ class Runner:
     # -- shared memory and progress -------------------------------------------------------------------
 
     def _clean_stale_shared_memory(self) -> None:
-        """Once, before any run: what killed data loaders left behind (runs then leave each other's alone)."""
-        if self.slots > 1:
-            from streaming.base.util import clean_stale_shared_memory
+        """Once, before any run: what killed data loaders left behind. Only segments no live process maps are
+        removed (:func:`pretrain.data.clean_stale_shared_memory`), so other jobs on the machine keep theirs; the
+        runs' loaders are created under the same machine-wide lock as every other run's."""
+        from pretrain.data import clean_stale_shared_memory
 
-            clean_stale_shared_memory()
+        clean_stale_shared_memory()
 
     def _progress(self):
         stop = threading.Event()

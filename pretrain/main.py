@@ -87,11 +87,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .trainer import run_launch
 
     try:
-        return run_launch(cfg, ds_config, stop_after_steps=args.stop_after_steps).code
+        result = run_launch(cfg, ds_config, stop_after_steps=args.stop_after_steps)
     except LaunchError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.code
+    if result.code == 0 and rank == 0 and cfg.logging.plot:
+        from .plot import plot_run
+
+        print(f"loss curve {plot_run(result.run_dir)}", flush=True)
+    return result.code
 
 
 def exit_now(code: int) -> None:

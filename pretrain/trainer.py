@@ -276,10 +276,7 @@ class Trainer:
                       f"relaunch the same command to continue (exit code {EXIT_INCOMPLETE})", flush=True)
             return TrainResult(EXIT_INCOMPLETE, self.run_dir, state.step, state.tokens, self.last, val)
         if dist.is_main:
-            from .plot import plot_run
-
-            png = plot_run(self.run_dir)
-            print(f"done: {state.step} steps, {state.tokens:,} tokens; loss curve {png}", flush=True)
+            print(f"done: {state.step} steps, {state.tokens:,} tokens", flush=True)
         return TrainResult(0, self.run_dir, state.step, state.tokens, self.last, val)
 
     def _loop(self, batches) -> None:

@@ -120,6 +120,7 @@ class LoggingConfig:
     interval: int = 10  # console progress line every N updates
     tensorboard: bool = True
     wandb: Optional[WandbConfig] = None  # Weights & Biases; null: off
+    plot: bool = True  # draw RUN_DIR/loss.png when a launch of `pretrain.py` finishes the run (rank 0)
 
     def validate(self) -> list[tuple[str, str]]:
         return [("interval", "an integer >= 1")] if self.interval < 1 else []
