@@ -253,13 +253,17 @@ class MemoryPlan:
         return max(self.phase_bytes().values())
 
     @property
-    def peak_phase(self) -> str:
+    def peak_phase_key(self) -> str:
         sums = self.phase_bytes()
-        return PHASES[max(sums, key=sums.get)]
+        return max(sums, key=sums.get)
+
+    @property
+    def peak_phase(self) -> str:
+        return PHASES[self.peak_phase_key]
 
     @property
     def total(self) -> float:
-        return self.allocated_peak + self._sum("margin")
+        return self.allocated_peak + sum(p.bytes for p in self.parts if p.phase == "margin")
 
     @property
     def fits(self) -> bool:
