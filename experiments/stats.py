@@ -2,8 +2,9 @@
 
 SkipLR (Table 2): HF-style 10-step mean losses, the transition step of Φ3 onto Φ2, the table's columns with
 Wilson intervals, and the contraction rate r of ln|L3 − L2|. D2Z: the best loss over a peak-LR grid (quadratic
-in log2 LR), the relative gap Δ of two schedules' bests with a paired seed bootstrap, Spearman's ρ. Verdicts
-turn an interval into reproduced / not reproduced / inconclusive. Pure functions of numpy arrays; no torch.
+in log2 LR), the relative gap Δ of two schedules' bests with a paired seed bootstrap, Spearman's ρ; paired t-intervals
+(:func:`paired_estimate`, one named estimator per line) and margin verdicts (:func:`verdict`). Verdicts turn an
+interval into reproduced / not reproduced / inconclusive. Pure functions of numpy arrays; no torch.
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ import numpy as np
 __all__ = [
     "window_means", "transition_step", "wilson", "TransitionTable", "transition_table", "gap",
     "contraction_rate", "bootstrap_ci", "best_over_lr", "relative_gap_of_best", "delta_ci", "spearman",
-    "Verdict", "verdict_ci",
+    "Verdict", "verdict_ci", "t_interval", "Estimate", "paired_estimate", "verdict", "DEFAULT_MARGIN", "T_MAX_SEEDS",
+    "vertex_of_three",
 ]
+
+# The statistical standard of every study (issue 21, part 5):
+# - per-seed paired differences, their mean with a Student-t interval whenever there are <= T_MAX_SEEDS seeds
+#   (a percentile bootstrap over 3 seeds is only the min-max of the per-seed values);
+# - a "no worse" / "equivalent" verdict needs a margin, stated in the report, and the interval inside it;
+# - every line's point estimate and interval come from one named estimator (:class:`Estimate`).
+T_MAX_SEEDS = 10
+DEFAULT_MARGIN = 0.001  # +-0.1% relative: the equivalence / non-inferiority margin unless a study states another
 
 
 def window_means(steps: Sequence[int], losses: Sequence[float], window: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -313,31 +323,48 @@ class Verdict:
         return f"- **{status}** {self.claim}: {self.statistic}" + (f" ({self.why})" if self.why else "")
 
 
-_EXPECT = (">0", "<0", ">=0", "<=0")
+_EXPECT = (">0", "<0", ">=0", "<=0", "==0")
 
 
 def verdict_ci(claim: str, estimate: float, lo: float, hi: float, n_seeds: int, expect: str, unit: str = "%",
-               scale: float = 100.0, name: str = "Δ") -> Verdict:
+               scale: float = 100.0, name: str = "Δ", margin: float = DEFAULT_MARGIN, estimator: str = "") -> Verdict:
     """A verdict from an estimate and its CI [lo, hi] (shown ×``scale`` in ``unit``).
 
     - ``">0"`` (the effect is positive): True if lo > 0; False if hi < 0 (the opposite sign is significant);
       else None (the interval contains 0). ``"<0"`` mirrors it: True if hi < 0, False if lo > 0, else None.
-    - ``"<=0"`` (not worse / not positive, e.g. "10x is not worse than D2Z at 2 TPP" with
-      Δ = (best_10x − best_D2Z)/best_10x): False if lo > 0 (significantly positive); otherwise True, with ``why``
-      saying whether the interval is below 0 (hi < 0) or merely contains 0 (no significant difference).
-      ``">=0"`` mirrors it: False if hi < 0, else True.
-    - Always None with fewer than 2 seeds (a one-seed bootstrap interval has zero width) or a NaN bound.
+    - ``">=0"`` (no worse: the effect is not negative by more than ``margin``, e.g. "10x is no worse than D2Z at
+      2 TPP" with Δ = (best_D2Z − best_10x)/best_D2Z): True if lo > −margin (the interval lies inside the margin's
+      side); False if hi < −margin (worse by more than the margin, significantly); else None (INCONCLUSIVE: the
+      interval leaves the margin). ``"<=0"`` mirrors it: True if hi < margin, False if lo > margin, else None.
+    - ``"==0"`` (equivalent within ±margin): True if −margin < lo and hi < margin; False if the interval lies
+      wholly outside (lo > margin or hi < −margin); else None.
+    - Always None with fewer than 2 seeds (no interval) or a NaN bound. The statistic names the estimator (when
+      given) and, for the margin verdicts, the margin.
     """
     if expect not in _EXPECT:
         raise ValueError(f"expect must be one of {_EXPECT}, got {expect!r}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     seeds = f"{n_seeds} seed" + ("" if n_seeds == 1 else "s")
+
     def f(v: float) -> str:
         return f"{v * scale:+.2f}"
     stat = f"{name} = {f(estimate)}{unit} [{f(lo)}, {f(hi)}], {seeds}"
+    if estimator:
+        stat += f", {estimator}"
+    has_margin = expect in (">=0", "<=0", "==0")
+    if has_margin:
+        stat += f"; margin ±{margin * scale:.2f}{unit}"
     if not all(math.isfinite(v) for v in (estimate, lo, hi)):
         return Verdict(claim, None, stat, "no estimate (NaN)")
     if n_seeds < 2:
         return Verdict(claim, None, stat, "fewer than 2 seeds: no interval")
+    if expect == "==0":
+        if -margin < lo and hi < margin:
+            return Verdict(claim, True, stat, "the interval lies inside the margin")
+        if lo > margin or hi < -margin:
+            return Verdict(claim, False, stat, "the interval lies outside the margin")
+        return Verdict(claim, None, stat, "the interval leaves the margin")
     sign = 1.0 if expect in (">0", ">=0") else -1.0
     slo, shi = sorted((sign * lo, sign * hi))  # flip so that the claimed direction is positive
     if expect in (">0", "<0"):
@@ -346,8 +373,88 @@ def verdict_ci(claim: str, estimate: float, lo: float, hi: float, n_seeds: int, 
         if shi < 0:
             return Verdict(claim, False, stat, "the opposite sign is significant")
         return Verdict(claim, None, stat, "the interval contains 0")
-    if shi < 0:
-        return Verdict(claim, False, stat, f"significantly {'below' if sign > 0 else 'above'} 0")
-    if slo > 0:
-        return Verdict(claim, True, stat, f"significantly {'above' if sign > 0 else 'below'} 0")
-    return Verdict(claim, True, stat, "the interval contains 0: no significant difference")
+    side = "below" if sign > 0 else "above"
+    if slo > -margin:
+        return Verdict(claim, True, stat, "the interval lies inside the margin" + (
+            f" (significantly {'above' if sign > 0 else 'below'} 0)" if slo > 0 else ""))
+    if shi < -margin:
+        return Verdict(claim, False, stat, f"significantly {side} 0 by more than the margin")
+    return Verdict(claim, None, stat, "the interval leaves the margin")
+
+
+def t_interval(x: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the Student-t interval of the mean of ``x`` (non-finite values dropped).
+
+    NaN bounds with fewer than 2 values; a zero-width interval when all values are equal.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    a = np.asarray(x, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(a.mean())
+    if a.size < 2:
+        return mean, math.nan, math.nan
+    from scipy.stats import t  # deferred: importing this module stays cheap
+
+    half = float(t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
+    return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One line's point estimate and 95% interval, both from the estimator it names.
+
+    ``estimator`` says what each seed contributes (e.g. "per-seed observed minimum over the LR bracket");
+    ``method`` how the interval is made ("paired t" for <= T_MAX_SEEDS seeds, else "paired bootstrap");
+    ``per_seed`` the paired per-seed values the interval is over.
+    """
+
+    estimator: str
+    value: float
+    lo: float
+    hi: float
+    n: int
+    method: str
+    per_seed: tuple[float, ...] = ()
+
+    def text(self, scale: float = 100.0, unit: str = "%") -> str:
+        def f(v: float) -> str:
+            return "NaN" if not math.isfinite(v) else f"{v * scale:+.2f}"
+        return (f"{f(self.value)}{unit} [{f(self.lo)}, {f(self.hi)}] ({self.method} over {self.n} seed"
+                f"{'' if self.n == 1 else 's'}; {self.estimator})")
+
+
+def paired_estimate(per_seed: Sequence[float], estimator: str, level: float = 0.95, n_boot: int = 10000,
+                    seed: int = 0) -> Estimate:
+    """The mean of paired per-seed values with its interval: Student t for <= T_MAX_SEEDS seeds, else a percentile
+    bootstrap of the mean. Non-finite per-seed values (a diverged or missing arm) are left out and not counted."""
+    a = np.asarray(per_seed, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size <= T_MAX_SEEDS:
+        mean, lo, hi = t_interval(a, level)
+        method = "paired t"
+    else:
+        mean, lo, hi = bootstrap_ci(lambda d: float(np.mean(d)), a, n_boot=n_boot, level=level, seed=seed)
+        method = "paired bootstrap"
+    return Estimate(estimator, mean, lo, hi, int(a.size), method, tuple(float(v) for v in a))
+
+
+def verdict(claim: str, est: Estimate, expect: str, margin: float = DEFAULT_MARGIN, **kw) -> Verdict:
+    """:func:`verdict_ci` on an :class:`Estimate` (its estimator and interval method named in the statistic)."""
+    return verdict_ci(claim, est.value, est.lo, est.hi, est.n, expect, margin=margin,
+                      estimator=f"{est.method}, {est.estimator}", **kw)
+
+
+def vertex_of_three(losses: Sequence[float], lrs: Sequence[float]) -> float:
+    """The quadratic-vertex estimator on one seed's bracket: the minimum of the parabola in log2(lr) through three
+    (lr, loss) points, when it is convex with its vertex between the outer two, else the observed minimum (NaN if
+    any of the three is not finite)."""
+    y = np.asarray(losses, dtype=np.float64).ravel()
+    x = np.log2(np.asarray(lrs, dtype=np.float64).ravel())
+    if y.size != 3 or x.size != 3:
+        raise ValueError(f"need exactly 3 losses and 3 LRs, got {y.size} and {x.size}")
+    if not np.isfinite(y).all():
+        return math.nan
+    return best_over_lr(y, np.exp2(x), fit=True)

@@ -244,13 +244,18 @@ def test_spearman():
         ("<0", -0.007, -0.001, True, ""),
         ("<0", -0.002, 0.007, None, "the interval contains 0"),
         ("<0", 0.001, 0.007, False, "the opposite sign is significant"),
-        ("<=0", -0.007, -0.001, True, "significantly below 0"),
-        ("<=0", -0.002, 0.003, True, "the interval contains 0: no significant difference"),
-        ("<=0", -0.002, 0.0, True, "the interval contains 0: no significant difference"),
-        ("<=0", 0.001, 0.007, False, "significantly above 0"),
-        (">=0", 0.001, 0.007, True, "significantly above 0"),
-        (">=0", -0.002, 0.003, True, "the interval contains 0: no significant difference"),
-        (">=0", -0.007, -0.001, False, "significantly below 0"),
+        # margin verdicts (default margin 0.1%): the interval must lie inside the margin, else INCONCLUSIVE
+        ("<=0", -0.007, -0.001, True, "the interval lies inside the margin (significantly below 0)"),
+        ("<=0", -0.002, 0.0005, True, "the interval lies inside the margin"),
+        ("<=0", -0.002, 0.003, None, "the interval leaves the margin"),  # contains 0, but also effects > margin
+        ("<=0", 0.002, 0.007, False, "significantly above 0 by more than the margin"),
+        (">=0", 0.001, 0.007, True, "the interval lies inside the margin (significantly above 0)"),
+        (">=0", -0.0005, 0.003, True, "the interval lies inside the margin"),
+        (">=0", -0.002, 0.003, None, "the interval leaves the margin"),
+        (">=0", -0.007, -0.002, False, "significantly below 0 by more than the margin"),
+        ("==0", -0.0005, 0.0008, True, "the interval lies inside the margin"),
+        ("==0", -0.002, 0.0005, None, "the interval leaves the margin"),
+        ("==0", 0.002, 0.004, False, "the interval lies outside the margin"),
     ],
 )
 def test_verdict_ci(expect, lo, hi, reproduced, why):
@@ -271,3 +276,62 @@ def test_verdict_format_and_guards():
     assert "NOT REPRODUCED" in S.Verdict("c", False, "s").markdown()
     with pytest.raises(ValueError):
         S.verdict_ci("c", 0.0, 0.0, 0.0, 3, ">")
+
+
+def test_margin_is_a_parameter_and_stated():
+    wide = S.verdict_ci("no worse", 0.0, -0.002, 0.003, 3, ">=0", margin=0.005)
+    assert wide.reproduced is True and "margin ±0.50%" in wide.statistic
+    assert S.verdict_ci("no worse", 0.0, -0.002, 0.003, 3, ">=0").reproduced is None  # default ±0.1%
+    with pytest.raises(ValueError):
+        S.verdict_ci("c", 0.0, -0.1, 0.1, 3, ">=0", margin=math.nan)
+    with pytest.raises(ValueError):
+        S.verdict_ci("c", 0.0, -0.1, 0.1, 3, ">=0", margin=-0.01)
+
+
+# ---------------------------------------------------------------- t-intervals and named estimators
+def test_t_interval_known_values():
+    mean, lo, hi = S.t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert mean == 2.0 and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
+    assert math.isnan(S.t_interval([1.0])[1]) and S.t_interval([1.0])[0] == 1.0
+    assert S.t_interval([5.0, 5.0, 5.0])[1:] == (5.0, 5.0)
+    assert S.t_interval([1.0, 2.0, np.nan, 3.0]) == S.t_interval([1.0, 2.0, 3.0])
+
+
+def test_paired_estimate_t_for_ten_seeds_or_fewer_bootstrap_above():
+    three = S.paired_estimate([0.0028, 0.0027, 0.0029], "per-seed observed minimum")
+    assert three.method == "paired t" and three.n == 3
+    assert (three.lo, three.hi) == pytest.approx(S.t_interval([0.0028, 0.0027, 0.0029])[1:])
+    # the bootstrap over 3 seeds is about the min-max of the per-seed values: narrower than the t-interval
+    _, blo, bhi = S.bootstrap_ci(lambda d: float(np.mean(d)), np.array([0.0028, 0.0027, 0.0029]))
+    assert three.lo < blo and bhi < three.hi
+    rng = np.random.default_rng(0)
+    many = S.paired_estimate(rng.normal(0.01, 0.002, 20), "x")
+    assert many.method == "paired bootstrap" and many.n == 20 and many.lo < 0.01 < many.hi
+    assert S.paired_estimate([0.1, np.nan, 0.3], "x").n == 2  # a missing seed is not counted
+    text = three.text()
+    assert text.startswith("+0.28% [") and "paired t over 3 seeds; per-seed observed minimum" in text
+    v = S.verdict("D2Z beats 10x", three, ">0")
+    assert v.reproduced is True and "paired t, per-seed observed minimum" in v.statistic
+
+
+def test_t_interval_verdict_inconclusive_when_interval_leaves_margin():
+    # wsd's old headline: per-seed gaps whose bootstrap (min-max) interval excluded 0 but whose t-interval does not
+    per_seed = [-0.0050, -0.0002, -0.0003]
+    est = S.paired_estimate(per_seed, "final validation loss")
+    assert est.lo < 0 < est.hi
+    assert S.verdict("1-sqrt beats D2Z", est, "<0").reproduced is None
+    assert S.verdict("1-sqrt is no worse than D2Z", est, "<=0").reproduced is None  # hi beyond +0.1%
+    tight = S.paired_estimate([-0.0002, 0.0001, 0.0000, 0.0001], "x")
+    assert S.verdict("equivalent", tight, "==0").reproduced is True
+
+
+def test_vertex_of_three():
+    lrs = [0.008, 0.016, 0.032]
+    x = np.log2(lrs)
+    y = 3.0 + 0.1 * (x - (np.log2(0.016) + 0.3)) ** 2
+    assert S.vertex_of_three(y, lrs) == pytest.approx(3.0)
+    assert S.vertex_of_three([3.0, 2.0, 1.0], lrs) == 1.0  # monotone: no vertex inside, the observed minimum
+    assert math.isnan(S.vertex_of_three([3.0, np.nan, 1.0], lrs))
+    with pytest.raises(ValueError):
+        S.vertex_of_three([1.0, 2.0], lrs[:2])
