@@ -5,6 +5,7 @@ Layout of the output directory::
     OUT/runs/<key>/            one run directory per run (the trainer's layout), named by the run's hash
     OUT/runs/<key>/experiment.json   written last, atomically, when the run ended (done or diverged)
     OUT/runs.csv               one row per run
+    OUT/curves.csv             every ended run's logged records: key, parent, step, loss, val_loss, lr
     OUT/report.md, OUT/*.png   the study's report
 
 A run whose ``experiment.json`` exists is never redone. A run without it is (re)started with the same
@@ -161,6 +162,61 @@ class StudyResults:
             if key in r.spec.params and v not in seen:
                 seen.append(v)
         return seen
+
+
+# -- curves.csv: every run's curve, small enough to commit ------------------------------------------
+
+CURVES = "curves.csv"
+CURVE_COLUMNS = ("key", "parent", "step", "loss", "val_loss", "lr")
+
+
+def _round(value: Any, digits: int) -> str:
+    """A finite number to ``digits`` significant digits; empty for a missing or non-finite value."""
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return ""
+    return f"{float(value):.{digits}g}"
+
+
+def write_curves(path: Path, records: list[RunRecord], keys: dict[str, str]) -> Path:
+    """One row per logged record (a record with a training or validation loss) of each run: its key, its parent's
+    key (empty for a root), step, loss and val_loss (6 significant digits), lr (4). A branch's rows start after its
+    branch step, so splicing a branch's rows onto its parent's up to ``branch_step`` (``runs.csv``) gives its whole
+    curve. Written atomically; runs in a stable order (by key), so a rerun gives the same bytes."""
+    from data_prep.fsutil import atomic_write_bytes
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CURVE_COLUMNS)
+    for rec in sorted(records, key=lambda r: r.key):
+        parent = keys.get(rec.spec.parent, "") if rec.spec.parent else ""
+        start = rec.spec.branch_step or 0
+        for m in rec.metrics():
+            step = int(m["step"])
+            if step <= start and rec.spec.parent:
+                continue
+            loss, val = m.get("loss"), m.get("val_loss")
+            if loss is None and val is None:
+                continue
+            writer.writerow((rec.key, parent, step, _round(loss, 6), _round(val, 6), _round(m.get("lr"), 4)))
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+def read_curves(path: Path) -> dict[str, dict[str, list]]:
+    """``curves.csv`` back: run key -> {"parent": key or "", "step": [...], "loss": [...], "val_loss": [...],
+    "lr": [...]} (NaN where a value is absent). A file without the expected columns is an error naming it."""
+    out: dict[str, dict[str, list]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != CURVE_COLUMNS:
+            raise ValueError(f"{path}: expected the columns {','.join(CURVE_COLUMNS)}, got {reader.fieldnames}")
+        for row in reader:
+            c = out.setdefault(row["key"], {"parent": row["parent"], "step": [], "loss": [], "val_loss": [], "lr": []})
+            c["step"].append(int(row["step"]))
+            for col in ("loss", "val_loss", "lr"):
+                c[col].append(float(row[col]) if row[col] else math.nan)
+    return out
 
 
 # -- planning a run's overrides ---------------------------------------------------------------------
@@ -339,7 +395,13 @@ class Runner:
         writer.writerows(rows)
         path = self.out / "runs.csv"
         atomic_write_bytes(path, buf.getvalue().encode())
+        self.write_curves()
         return path
+
+    def write_curves(self) -> Path:
+        """``OUT/curves.csv`` beside ``runs.csv``: every logged record of every ended run (:func:`write_curves`)."""
+        keys = {label: rec.key for label, rec in self.records.items()}
+        return write_curves(self.out / CURVES, [r for r in self.records.values() if r.finished], keys)
 
     # -- one run in this process --------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 import signal
@@ -136,3 +137,37 @@ def test_emit_slurm_writes_one_array_per_wave(tmp_path):
     assert submit.count("sbatch --parsable") == 2 and "afterok" in submit
     res = subprocess.run(["bash", "-n", str(tmp_path / "slurm" / "wave0.sbatch")], capture_output=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_curves_csv_written_and_round_trips(tmp_path):
+    """curves.csv: one row per logged record, branches from their branch step with their parent's key, rounded."""
+    from experiments.runner import CURVE_COLUMNS, RunRecord, read_curves, write_curves
+    from experiments.study import RunSpec
+
+    main = RunSpec("main", ("train.seed=0",), {"role": "main"})
+    branch = RunSpec("cool", ("train.seed=0",), {"role": "cooldown"}, parent="main", branch_step=20)
+    records = []
+    for spec, steps in ((main, range(10, 41, 10)), (branch, range(10, 51, 10))):
+        run_dir = tmp_path / spec.label
+        run_dir.mkdir()
+        lines = [{"step": s, "loss": 5.0 - s / 100 + 1e-9, "lr": 0.016 * (1 - s / 100), "tokens": s * 64}
+                 for s in steps]
+        lines.append({"step": max(steps), "val_loss": 4.123456789})  # the evaluation after the last update
+        lines.insert(1, {"step": 20, "loss": None, "nonfinite": {"loss": "nan"}, "lr": 0.01})  # a non-finite loss
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+        records.append(RunRecord(spec, f"key{spec.label}", run_dir))
+    path = write_curves(tmp_path / "curves.csv", records, {"main": "keymain", "cool": "keycool"})
+    text = path.read_text()
+    assert text.splitlines()[0] == ",".join(CURVE_COLUMNS)
+    curves = read_curves(path)
+    assert set(curves) == {"keymain", "keycool"}
+    m, c = curves["keymain"], curves["keycool"]
+    assert m["parent"] == "" and m["step"] == [10, 20, 30, 40]
+    assert c["parent"] == "keymain" and c["step"] == [30, 40, 50]  # after its branch step only
+    assert m["loss"][0] == 4.9 and m["lr"][0] == pytest.approx(0.0144)  # 6 and 4 significant digits
+    assert math.isnan(m["val_loss"][0]) and m["val_loss"][-1] == 4.12346 and c["val_loss"][-1] == 4.12346
+    assert "4.123456789" not in text and "1e-09" not in text
+    assert write_curves(tmp_path / "again.csv", records[::-1], {"main": "keymain", "cool": "keycool"}).read_text() == text
+    (tmp_path / "bad.csv").write_text("key,step\nx,1\n")
+    with pytest.raises(ValueError, match="bad.csv"):
+        read_curves(tmp_path / "bad.csv")
