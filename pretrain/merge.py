@@ -1,6 +1,7 @@
 """Checkpoint merging (WSM: warmup-stable-merge): average a run's checkpoints' weights into one checkpoint.
 
-    python -m pretrain.merge RUN_DIR --last 4 [--weights uniform|ema:0.9|linear] [--out DIR] [--overwrite]
+    python -m pretrain.merge RUN_DIR --last 4 [--weights uniform|linear|ema:0.9|decay:linear|decay:1-sqrt]
+                             [--out DIR] [--overwrite]
     python -m pretrain.merge RUN_DIR --steps 600 800 1000
 
 The merged checkpoint is ``OUT/step_<newest step>/`` (default OUT: ``RUN_DIR/merged-<how>``):
@@ -18,13 +19,20 @@ checkpoints and their ``latest`` pointer), and its checkpoint of the same step i
 ``--overwrite``, atomically. A checkpoint named twice (``--steps 200 200``) is refused.
 
 Weights, over the n chosen checkpoints oldest first (i = 0..n-1), normalised to sum to 1:
-``uniform`` 1; ``linear`` i + 1; ``ema:D`` D^(n-1-i) (the newest weighs most).
+``uniform`` 1; ``linear`` i + 1; ``ema:D`` D^(n-1-i) (the newest weighs most);
+``decay:SHAPE`` the weights the WSM duality gives a decay of that shape (``linear``, ``cosine``, ``1-sqrt``: the
+cooldown shapes of :mod:`pretrain.schedules`). A merge sum_j c_j theta_j of checkpoints theta_0..theta_k equals
+training on with the LR of the update chunk between checkpoints i-1 and i multiplied by w_i = sum_{j>=i} c_j
+(w_0 = 1): the shape f (f(0) = 1, f(1) = 0) fixes w_i = f(i/(k+1)) for i = 0..k and w_{k+1} = 0, so
+c_j = w_j - w_{j+1}. ``decay:linear`` gives uniform weights 1/(k+1) (a linear decay to 1/(k+1)); ``decay:1-sqrt``
+c_j = sqrt((j+1)/(k+1)) - sqrt(j/(k+1)) for j < k, c_k = 1 - sqrt(k/(k+1)) (:func:`duality_weights`, :func:`implied_multipliers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -36,10 +44,66 @@ from .cli_numbers import integer
 from .outputs import check_disjoint, check_replaceable, staged_dir
 
 
+def decay_shapes() -> tuple[str, ...]:
+    """The decay shapes a cooldown of :mod:`pretrain.schedules` takes (its ``shape`` parameter): linear, cosine,
+    1-sqrt, and any shape added there."""
+    import typing
+
+    from .schedules import SCHEDULES
+
+    return typing.get_args(typing.get_type_hints(SCHEDULES["cooldown"].fn)["shape"])
+
+
+def decay_shape(shape: str):
+    """The decay ``f`` on [0, 1] of a cooldown shape (f(0) = 1, f(1) = 0); ValueError naming the known shapes."""
+    from .schedules import _ratio
+
+    shapes = decay_shapes()
+    if shape not in shapes:
+        raise ValueError(f"decay shape {shape!r}: expected one of {', '.join(shapes)} (pretrain.schedules' cooldown "
+                         "shapes)")
+    return lambda x: _ratio(0.0, x, shape)
+
+
+def duality_weights(shape: str, n: int) -> list[float]:
+    """The merge weights c_0..c_{n-1} (oldest checkpoint first, sum 1) that the WSM duality gives a decay ``shape``
+    over ``n`` checkpoints: w_i = f(i/n) for i < n, w_n = 0, c_j = w_j - w_{j+1}, so that the LR multipliers the
+    merge implies (:func:`implied_multipliers`) are f(0), f(1/n), ..., f((n-1)/n)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"duality_weights: n = {n!r}: expected a number of checkpoints >= 1")
+    f = decay_shape(shape)
+    w = [f(i / n) for i in range(n)] + [0.0]
+    c = [w[j] - w[j + 1] for j in range(n)]
+    if not all(math.isfinite(x) and x >= -1e-12 for x in c):  # a shape that rises somewhere
+        raise ValueError(f"decay shape {shape!r} over {n} checkpoints gives negative merge weights {c}: the duality "
+                         "needs a non-increasing decay")
+    c = [max(0.0, x) for x in c]
+    total = sum(c)
+    return [x / total for x in c]
+
+
+def implied_multipliers(c: Sequence[float]) -> list[float]:
+    """The LR multiplier w_i = sum_{j>=i} c_j that a merge with weights ``c`` (oldest first) implies for the update
+    chunk ending at checkpoint i (w_0 = sum c = 1 for normalised weights); ValueError for a weight that is negative
+    or not finite."""
+    if not c or not all(math.isfinite(x) and x >= 0 for x in c):
+        raise ValueError(f"implied_multipliers: weights {list(c)}: expected one or more finite numbers >= 0")
+    out, tail = [], 0.0
+    for x in reversed(list(c)):
+        tail += x
+        out.append(tail)
+    return out[::-1]
+
+
 def merge_weights(method: str, n: int) -> list[float]:
     """The normalised weight of each of ``n`` checkpoints, oldest first."""
     if n < 1:
         raise ValueError("nothing to merge")
+    if method.startswith("decay:"):
+        try:
+            return duality_weights(method.split(":", 1)[1], n)
+        except ValueError as e:
+            raise ValueError(f"--weights {method!r}: {e}") from None
     if method == "uniform":
         raw = [1.0] * n
     elif method == "linear":
@@ -53,7 +117,8 @@ def merge_weights(method: str, n: int) -> list[float]:
             raise ValueError(f"--weights {method!r}: the decay must be in (0, 1]")
         raw = [decay ** (n - 1 - i) for i in range(n)]
     else:
-        raise ValueError(f"--weights {method!r}: expected uniform, linear or ema:DECAY")
+        raise ValueError(f"--weights {method!r}: expected uniform, linear, ema:DECAY or decay:SHAPE "
+                         f"(SHAPE one of {', '.join(decay_shapes())})")
     total = sum(raw)
     return [w / total for w in raw]
 
@@ -152,7 +217,8 @@ def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", ou
             shutil.copy2(newest / f, tmp / f)
         src = ckpts.marker(tags[-1])
         marker = {k: src[k] for k in ("step", "tokens", "world_size", "config_hash", "version") if k in src}
-        marker["merged"] = {"method": method, "sources": [str(ckpts.path(t)) for t in tags], "weights": weights}
+        marker["merged"] = {"method": method, "sources": [str(ckpts.path(t)) for t in tags], "weights": weights,
+                            "implied_multipliers": implied_multipliers(weights)}  # the WSM duality's LR multipliers
         commit(tmp, marker)
     atomic_write_text(out / POINTER, final.name + "\n")
     return final
@@ -165,7 +231,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     which.add_argument("--steps", type=integer(0), nargs="+", metavar="STEP",
                        help="the steps of the checkpoints to merge (each once)")
     which.add_argument("--last", type=integer(1), metavar="N", help="the newest N complete checkpoints (N >= 1)")
-    p.add_argument("--weights", default="uniform", help="uniform | linear | ema:DECAY (default uniform)")
+    p.add_argument("--weights", default="uniform",
+                   help="uniform | linear | ema:DECAY | decay:SHAPE (default uniform). decay:linear, decay:cosine, "
+                        "decay:1-sqrt: the WSM-duality weights of that decay shape, c_j = f(j/n) - f((j+1)/n) over "
+                        "the n checkpoints oldest first (f(1) = 0): the merge emulates a cooldown whose LR "
+                        "multiplier over the update chunk before checkpoint i is f(i/n) (decay:linear: uniform weights, "
+                        "a linear decay to 1/n). Recorded in the merged checkpoint's COMPLETE marker")
     p.add_argument("--checkpoint-dir", help="the run's checkpoints, if not where its config says")
     p.add_argument("--out", help="where the merged checkpoint goes (default RUN_DIR/merged-<N>-<weights>); not inside "
                                  "the run's checkpoints; an existing one must be a merge output")
