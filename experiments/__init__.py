@@ -33,11 +33,15 @@ STUDIES: dict[str, ModuleType] = _Registry.fromkeys(_MODULES)  # type: ignore[as
 
 
 def build_study(name: str, scale: str = "cpu", *, seeds: Optional[int] = None, overrides: Sequence[str] = (),
-                out: Optional[Path] = None, full_grid: bool = False) -> Study:
-    """Study ``name`` at ``scale``, with ``overrides`` added to every run (after the study's own: they win)."""
+                out: Optional[Path] = None, full_grid: bool = False, variant: Optional[str] = None) -> Study:
+    """Study ``name`` at ``scale``, with ``overrides`` added to every run (after the study's own: they win);
+    ``variant``: a study's named variant (skiplr: pretrained, scratch)."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
-    study: Study = STUDIES[name].build(scale, seeds=seeds, out=out, full_grid=full_grid, overrides=overrides)
+    extra = {"variant_name": variant} if variant else {}
+    if variant and name != "skiplr":
+        raise ValueError(f"study {name!r} has no variants (--variant {variant})")
+    study: Study = STUDIES[name].build(scale, seeds=seeds, out=out, full_grid=full_grid, overrides=overrides, **extra)
     if overrides:
         runs = [dataclasses.replace(r, overrides=tuple(r.overrides) + tuple(overrides)) for r in study.runs]
         study = dataclasses.replace(study, runs=runs)

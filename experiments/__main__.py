@@ -29,6 +29,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("study", help="a study (" + ", ".join(STUDIES) + "), or 'list'")
     p.add_argument("--scale", default="cpu", choices=("tiny", "cpu", "full"),
                    help="cpu: minutes to an hour on 2 cores (default); full: the papers' sizes; tiny: a smoke test")
+    p.add_argument("--variant", default=None,
+                   help="a study's variant (skiplr: pretrained, the default, or scratch); output in STUDY-VARIANT-SCALE")
     p.add_argument("--seeds", type=integer(1), default=None, help="seeds per arm, >= 1 (default: the study's, per scale)")
     p.add_argument("--slots", type=integer(1), default=None,
                    help="runs at a time, >= 1; 1 runs in this process, K > 1 in K standing worker processes with the "
@@ -83,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.study not in STUDIES:
         print(f"error: unknown study {args.study!r}; known: {', '.join(STUDIES)}", file=sys.stderr)
         return 2
-    out = args.out or Path("runs/studies") / f"{args.study}-{args.scale}"
+    out = args.out or Path("runs/studies") / "-".join(x for x in (args.study, args.variant, args.scale) if x)
     try:
         study = build_study(args.study, args.scale, seeds=args.seeds, overrides=args.overrides, out=out,
-                            full_grid=args.full_grid)
+                            full_grid=args.full_grid, variant=args.variant)
         check_out(study, out)
         from .estimate import duration, plan, table, warnings
 
@@ -146,7 +148,7 @@ def _run(args, study, study_plan, out) -> int:
         if not study.dynamic or args.report_only:
             break
         again = build_study(args.study, args.scale, seeds=args.seeds, overrides=args.overrides, out=out,
-                            full_grid=args.full_grid)  # runs that depend on the finished ones (forecast: the optimum)
+                            full_grid=args.full_grid, variant=args.variant)  # runs that depend on the finished ones (forecast: the optimum)
         if {r.label for r in again.runs} <= {r.label for r in study.runs}:
             break
         study, study_plan = again, plan(again, slots=args.gpus or args.slots, calibrate=False)

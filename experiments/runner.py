@@ -240,6 +240,9 @@ def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: 
     if run.parent is not None:
         parent_dir = dirs.get(run.parent, out / "runs" / study.key(study.spec(run.parent)))
         extra.append(f"checkpoint.branch_from={checkpoint_dir(parent_dir, run.branch_step)}")
+    if run.init_from is not None:  # the weights only (a fresh optimizer, schedule and step counter)
+        init_dir = dirs.get(run.init_from, out / "runs" / study.key(study.spec(run.init_from)))
+        extra.append(f"checkpoint.init_from={checkpoint_dir(init_dir, run.init_step)}")
     return list(run.overrides) + extra
 
 
@@ -352,7 +355,7 @@ class Runner:
                 pending = [self.records[s.label] for s in wave if not self.records[s.label].finished]
                 ready = []
                 for rec in pending:
-                    parent = self.records.get(rec.spec.parent or "")
+                    parent = self.records.get(rec.spec.parent or rec.spec.init_from or "")
                     if parent is not None and parent.status != "done":
                         rec.status, rec.error = "skipped", f"its parent {parent.spec.label!r} is {parent.status}"
                     else:

@@ -28,7 +28,9 @@ class RunSpec:
     ``overrides`` are dotted ``KEY=VALUE`` on the study's base config (the seed included, as
     ``train.seed=N``). ``params`` are the run's coordinates in the study (schedule, lr, tpp, seed, role,
     ...): the columns of ``runs.csv`` and what the report groups by. A branch starts from ``parent``'s
-    checkpoint at ``branch_step`` (the runner saves that checkpoint permanently in the parent).
+    checkpoint at ``branch_step`` (the runner saves that checkpoint permanently in the parent). A run with
+    ``init_from`` starts from that run's weights at ``init_step`` only (``checkpoint.init_from``: a fresh
+    optimizer, schedule and step counter); the parent must keep that step (``keep``).
     """
 
     label: str
@@ -38,10 +40,14 @@ class RunSpec:
     branch_step: Optional[int] = None
     keep: tuple[int, ...] = ()  # steps whose checkpoints the study needs besides branch points (e.g. to merge)
     isolated: bool = False  # runs in its own process, never in a standing worker (e.g. a launcher under test)
+    init_from: Optional[str] = None  # label of the run whose weights at init_step this run starts from (step 0)
+    init_step: Optional[int] = None
 
     def __post_init__(self):
         if (self.parent is None) != (self.branch_step is None):
             raise ValueError(f"run {self.label!r}: a branch needs both parent and branch_step")
+        if (self.init_from is None) != (self.init_step is None) or (self.init_from and self.parent):
+            raise ValueError(f"run {self.label!r}: init_from needs init_step, and excludes a parent")
 
 
 class Results(Protocol):
@@ -81,6 +87,8 @@ class Study:
         for r in self.runs:
             if r.parent is not None and r.parent not in by_label:
                 raise ValueError(f"study {self.name!r}: run {r.label!r} branches from unknown run {r.parent!r}")
+            if r.init_from is not None and r.init_from not in by_label:
+                raise ValueError(f"study {self.name!r}: run {r.label!r} starts from unknown run {r.init_from!r}")
         self._by_label = by_label
         self._keys: dict[str, str] = {}
 
@@ -100,6 +108,8 @@ class Study:
             blob: dict[str, Any] = {k: v for k, v in cfg.items() if k not in UNHASHED}
             if run.parent is not None:
                 blob["branch"] = {"parent": self.key(self.spec(run.parent)), "step": run.branch_step}
+            if run.init_from is not None:  # checkpoint.init_from is not hashed (a path): the weights' run is
+                blob["init"] = {"parent": self.key(self.spec(run.init_from)), "step": run.init_step}
             text = json.dumps(blob, sort_keys=True, default=str).encode()
             self._keys[run.label] = hashlib.sha256(text).hexdigest()[:12]
         return self._keys[run.label]
@@ -113,7 +123,7 @@ class Study:
         out = []
         left = list(self.runs)
         while left:
-            wave = [r for r in left if r.parent is None or r.parent in done]
+            wave = [r for r in left if all(p is None or p in done for p in (r.parent, r.init_from))]
             out.append(wave)
             done.update(r.label for r in wave)
             left = [r for r in left if r.label not in done]
