@@ -54,6 +54,9 @@ class StudyPlan:
     runs: list[RunPlan]
     data_note: str  # "data/study/tokens: 6.1M train tokens" or "data missing: ..."
     train_tokens: Optional[int]
+    # a dynamic study's runs not known yet (Study.projected), priced the same way: name -> their plans
+    projected: dict[str, list[RunPlan]] = dataclasses.field(default_factory=dict)
+    slots: int = 1
 
     @property
     def seconds(self) -> float:
@@ -88,15 +91,24 @@ def offline_config(config: Path, overrides: Sequence[str] = ()):
 
 
 def plan(study: Study, slots: int = 1, calibrate: bool = True) -> StudyPlan:
-    """Every run's figures; ``calibrate`` times each distinct model once on this machine."""
+    """Every run's figures; ``calibrate`` times each distinct model once on this machine. A dynamic study's
+    projected runs (runs it will add once others finish) are priced too, apart (``StudyPlan.projected``)."""
+    timings: dict[tuple, tuple[float, str]] = {}
+    rows, train_tokens, note = _plan_runs(study, study.runs, slots, calibrate, timings)
+    projected = {name: _plan_runs(study, runs, slots, calibrate, timings)[0]
+                 for name, runs in getattr(study, "projected", {}).items()}
+    return StudyPlan(rows, note, train_tokens, projected, max(1, slots))
+
+
+def _plan_runs(study: Study, runs: Sequence[RunSpec], slots: int, calibrate: bool,
+               timings: dict[tuple, tuple[float, str]]) -> tuple[list[RunPlan], Optional[int], str]:
     import numpy as np
 
     from pretrain.schedules.dual import smoothing, summarize
 
     rows: list[RunPlan] = []
     train_tokens, note = None, ""
-    timings: dict[tuple, tuple[float, str]] = {}
-    for run in study.runs:
+    for run in runs:
         cfg, manifest = offline_config(study.config, run.overrides)
         if manifest is not None:
             train_tokens = int(manifest["splits"]["train"]["tokens"])
@@ -127,7 +139,7 @@ def plan(study: Study, slots: int = 1, calibrate: bool = True) -> StudyPlan:
             rp.seconds = micro_steps * per_micro + (RUN_OVERHEAD_S if own > 0 else 0.0)
             rp.time_basis = basis
         rows.append(rp)
-    return StudyPlan(rows, note, train_tokens)
+    return rows, train_tokens, note
 
 
 def json_key(obj) -> str:
@@ -211,6 +223,13 @@ def duration(seconds: float) -> str:
 
 def warnings(study_plan: StudyPlan, max_epochs: float = 4.0) -> list[str]:
     out = []
+    known = study_plan.seconds
+    for name, runs in study_plan.projected.items():
+        secs = sum(r.seconds or 0.0 for r in runs)
+        steps = sum(r.own_steps for r in runs)
+        timed = f", est. {duration(secs / study_plan.slots)} more with {study_plan.slots} slot" \
+                f"{'s' * (study_plan.slots > 1)}: {duration((known + secs) / study_plan.slots)} in all" if secs else ""
+        out.append(f"projected ({name}): the study adds {len(runs)} runs as its runs finish ({steps} updates{timed})")
     over = [r for r in study_plan.runs if r.epochs is not None and r.epochs > max_epochs]
     if over:
         worst = max(over, key=lambda r: r.epochs)

@@ -77,6 +77,9 @@ class Study:
     report: Callable[[Results, Path], str]  # writes figures into the directory, returns report.md's text
     notes: list[str] = field(default_factory=list)  # said in the dry run and the report (what this scale cannot show)
     dynamic: bool = False  # its runs depend on finished runs (build again after running, until nothing new appears)
+    # A dynamic study's runs not known yet, priced by the dry run (experiments.estimate): name -> runs, e.g.
+    # {"expected": [...], "worst case": [...]}. Never run from here: the study adds them once they are known.
+    projected: dict[str, list[RunSpec]] = field(default_factory=dict)
 
     def __post_init__(self):
         labels = [r.label for r in self.runs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+
+import numpy as np
 import json
 import os
 import signal
@@ -66,7 +68,11 @@ def test_d2z_tiny_runs_reports_and_reuses_finished_runs(tiny_data, tmp_path, cap
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
     assert all(float(r["final_val_loss"]) > 0 and int(r["steps"]) > 0 for r in rows)
     report = (out / "report.md").read_text()
-    assert "Delta = (best Linear-10x - best Linear-D2Z)" in report and "### Verdicts" in report
+    assert "Delta = (L Linear-10x - L Linear-D2Z)" in report and "### Verdicts" in report
+    assert "paired t over 2 seeds" in report  # the tiny grid is fixed (one LR): its arms sit at the edge
+    assert "**INCONCLUSIVE** 10x is no worse" in report and "Linear-10x at 0.05 TPP is capped" in report
+    curves = (out / "curves.csv").read_text().splitlines()
+    assert curves[0] == "key,parent,step,loss,val_loss,lr" and len(curves) > 4
     assert (out / "d2z_loss_vs_lr.png").stat().st_size > 0
     stamps = {p: p.stat().st_mtime_ns for p in out.glob(f"runs/*/{RESULT}")}
     assert len(stamps) == 4
@@ -171,3 +177,91 @@ def test_curves_csv_written_and_round_trips(tmp_path):
     (tmp_path / "bad.csv").write_text("key,step\nx,1\n")
     with pytest.raises(ValueError, match="bad.csv"):
         read_curves(tmp_path / "bad.csv")
+
+
+# ---------------------------------------------------------------- d2z: the grid brackets every optimum
+def test_extend_grid_on_a_synthetic_bowl_stops_bracketed_or_capped():
+    from experiments.d2z import BRACKETED, CAPPED, EXTEND, extend_grid
+
+    def walk(k_min: float, ks=(-1, 0, 1), cap=(-4, 3), diverge_above=99):
+        ks, steps = set(ks), 0
+        while True:
+            losses = {k: (math.nan if k > diverge_above else 3.0 + 0.01 * (k - k_min) ** 2) for k in ks}
+            add, state, best = extend_grid(losses, cap)
+            if not add:
+                return sorted(ks), state, best, steps
+            assert state == EXTEND and not set(add) & ks
+            ks |= set(add)
+            steps += 1
+
+    assert walk(0.2) == ([-1, 0, 1], BRACKETED, 0, 0)  # bracketed at once: nothing added
+    assert walk(3.4) == ([-1, 0, 1, 2, 3], CAPPED, 3, 2)  # climbs to the cap, then stops without a verdict
+    assert walk(1.6) == ([-1, 0, 1, 2, 3], BRACKETED, 2, 2)
+    assert walk(-2.8) == ([-4, -3, -2, -1, 0, 1], BRACKETED, -3, 3)
+    assert walk(-2.8, cap=(-3, 3)) == ([-3, -2, -1, 0, 1], CAPPED, -3, 2)
+    assert walk(-4.4)[1:3] == (CAPPED, -4)
+    assert walk(3.0, diverge_above=1) == ([-1, 0, 1, 2], BRACKETED, 1, 1)  # a diverged neighbour is worse
+    assert extend_grid({0: math.nan, 1: math.nan}, (-1, 3)) == ([-1], EXTEND, None)  # all diverged: go down
+    assert extend_grid({-1: math.nan, 0: math.nan}, (-1, 3)) == ([], CAPPED, None)
+    with pytest.raises(ValueError):
+        extend_grid({}, (0, 1))
+
+
+def _bowl_study(monkeypatch):
+    import experiments.d2z as D
+
+    scale = D.Scale(D.SCALES["cpu"].config, seeds=3, tpps=(2.0, 20.0), ks=(-1, 0, 1),
+                    schedules=("Linear-D2Z", "Linear-10x", "Constant"), k_cap=(-3, 2))
+    monkeypatch.setitem(D.SCALES, "bowl", scale)
+    optimum = {(2.0, "Linear-D2Z"): (0.0, 4.33), (2.0, "Linear-10x"): (0.1, 4.30), (2.0, "Constant"): (0.0, 4.40),
+               (20.0, "Linear-D2Z"): (1.3, 3.45), (20.0, "Linear-10x"): (0.2, 3.46), (20.0, "Constant"): (-2.6, 3.60)}
+
+    def loss(p):
+        k_min, base = optimum[(p["tpp"], p["schedule"])]
+        return base + 0.01 * (p["k"] - k_min) ** 2 + 0.002 * p["seed"] + 0.0001 * p["seed"] ** 2 * (p["schedule"] == "Linear-D2Z")
+    return D, loss
+
+
+def test_d2z_grid_extends_until_bracketed_then_adds_seeds_and_reports_capped_arms(monkeypatch, tmp_path):
+    """The dynamic d2z study on a synthetic bowl (no training: each run's experiment.json is written from the bowl)."""
+    from experiments.runner import Runner
+
+    D, loss = _bowl_study(monkeypatch)
+    out = tmp_path / "d2z"
+    labels_seen, rounds = set(), 0
+    while True:
+        study = build_study("d2z", "bowl", out=out)
+        labels = {r.label for r in study.runs}
+        assert labels_seen <= labels  # a rebuild only adds runs
+        if labels == labels_seen:
+            break
+        labels_seen, rounds = labels, rounds + 1
+        for r in study.runs:
+            d = out / "runs" / study.key(r)
+            if not (d / RESULT).is_file():
+                d.mkdir(parents=True, exist_ok=True)
+                (d / RESULT).write_text(json.dumps({"status": "done", "final_val_loss": loss(r.params), "label": r.label}))
+    assert rounds == 3  # the initial grid; first extensions + seeds of the bracketed arms; Constant's and D2Z's second
+    arms = {(a.tpp, a.schedule): a for a in D.grid_arms_of(D.SCALES["bowl"], out)}
+    assert arms[(20.0, "Linear-D2Z")].state == "bracketed" and arms[(20.0, "Linear-D2Z")].ks == [-1, 0, 1, 2]
+    assert arms[(20.0, "Linear-D2Z")].best_k == 1 and arms[(20.0, "Linear-10x")].best_k == 0
+    assert arms[(20.0, "Constant")].state == "capped" and arms[(20.0, "Constant")].best_k == -3
+    seeds_at = lambda tpp, name: sorted((r.params["seed"], r.params["k"]) for r in study.runs  # noqa: E731
+                                        if r.params["tpp"] == tpp and r.params["schedule"] == name and r.params["seed"] > 0)
+    assert seeds_at(20.0, "Linear-D2Z") == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]  # 2 seeds x 3 LRs
+    assert seeds_at(20.0, "Constant") == []  # a capped arm gets no seeds
+    assert study.projected == {}  # nothing left to price
+    results = Runner(study, out, progress=False).results()
+    assert (out / "curves.csv").is_file() and (out / "runs.csv").is_file()
+    report = study.report(results, out)
+    assert "per-seed observed minimum over the three LRs around the optimum" in report
+    assert "paired t over 3 seeds" in report and "quadratic vertex" in report
+    verdicts = report.split("### Verdicts")[1]
+    assert "**REPRODUCED** D2Z beats 10x at 20 TPP" in verdicts
+    assert "**REPRODUCED** 10x is no worse than D2Z at 2 TPP" in verdicts and "margin ±0.10%" in verdicts
+    assert "**INCONCLUSIVE** D2Z beats Constant at 20 TPP" in verdicts and "Constant at 20 TPP is capped" in verdicts
+    assert "Sanity row, Constant vs D2Z" in report and "+5.16%" in report
+    # Delta from the named estimator: the per-seed observed minima at the bracket (k = 0, 1, 2 for D2Z, -1..1 10x)
+    d = [((3.46 + 0.01 * 0.04 + 0.002 * s) - (3.45 + 0.01 * 0.09 + 0.002 * s + 0.0001 * s * s))
+         / (3.46 + 0.01 * 0.04 + 0.002 * s) for s in range(3)]
+    assert f"{np.mean(d):+.2%}" in report.split("### 20 TPP")[1]
