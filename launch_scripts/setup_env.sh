@@ -1,5 +1,5 @@
 # Sourced by the other scripts: create/refresh the virtual environment in .venv and activate it.
-# Installs only when setup.py or constraints.txt changed since the last install.
+# Installs only when pyproject.toml or constraints.txt changed since the last install.
 #   PYTHON=python3.11 VENV=/path/to/venv  override the interpreter and the location.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +15,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   exit 1
 fi
 
-stamp="$VENV/.installed-$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "== setting up $VENV (first time: downloads PyTorch, DeepSpeed, mosaicml-streaming; a few minutes)"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -59,3 +59,17 @@ def test_model_module_imports_alone(module):
         assert isinstance(GPTConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2).build(), GPT)
     """)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_package_root_loads_only_its_version():
+    """``import pretrain`` loads nothing of the package but the version leaf (``train`` imports the Trainer
+    when called), and the version is the installed distribution's (pyproject.toml reads pretrain/_version.py)."""
+    proc = run_python("""
+        from importlib.metadata import version
+
+        from pretrain._version import __version__
+        loaded = sorted(m for m in sys.modules if m.startswith("pretrain."))
+        assert loaded == ["pretrain._version"], loaded
+        assert pretrain.__version__ == __version__ == version("pretrain"), (pretrain.__version__, version("pretrain"))
+    """)
+    assert proc.returncode == 0, proc.stderr

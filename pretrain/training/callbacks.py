@@ -1,8 +1,9 @@
 """Callbacks: evaluation (training/evaluate.py), the dual view, logging and checkpointing, run after every update in that order.
 
-Each callback is built with its own settings and gets the loop's
-``Trainer`` (engine, state, dist, seq_len) and the step's metrics dict; an earlier callback may add to
-the dict (evaluation adds ``val_loss``) for a later one to log.
+Each callback is built with its own settings and gets the loop as a :class:`TrainContext` (the
+``Trainer`` satisfies it: cfg, engine, state, dist, seq_len) and the step's metrics dict; an earlier
+callback may add to the dict (evaluation adds ``val_loss``) for a later one to log. Callbacks do not
+import the Trainer (they sit below it: see the layers in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -14,22 +15,36 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol
 
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointSaver
-    from ..trainer import Trainer
+    from ..distributed import DistInfo
+    from ..run_config import RunConfig
+    from .state import TrainState
+
+
+class TrainContext(Protocol):
+    """What a callback sees of the training loop (:class:`pretrain.trainer.Trainer` is one)."""
+
+    cfg: RunConfig
+    engine: Any  # the DeepSpeed engine
+    state: TrainState
+    dist: DistInfo
+
+    @property
+    def seq_len(self) -> int: ...
 
 
 class Callback:
-    def on_train_start(self, ctx: "Trainer") -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         pass
 
-    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         pass
 
-    def on_train_end(self, ctx: "Trainer") -> None:
+    def on_train_end(self, ctx: TrainContext) -> None:
         pass
 
 
@@ -50,7 +65,7 @@ class DualCallback(Callback):
         self.interval = interval
         self.is_main = is_main
 
-    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         step = ctx.state.step
         if self.is_main and _due(step, self.interval, ctx.state.max_steps):
             from ..schedules.dual import summarize
@@ -76,7 +91,7 @@ class CheckpointCallback(Callback):
         return (state.step in self.permanent or state.stop or state.save_due
                 or _due(state.step, self.interval, state.max_steps))
 
-    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         state = ctx.state
         permanent = state.step in self.permanent
         if self.due(state):
@@ -209,7 +224,7 @@ class MetricsLogger(Callback):
         self.t_start = 0.0
         self.step_start = 0
 
-    def on_train_start(self, ctx: "Trainer") -> None:
+    def on_train_start(self, ctx: TrainContext) -> None:
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +241,7 @@ class MetricsLogger(Callback):
         self.t_start = time.perf_counter()
         self.step_start = ctx.state.step
 
-    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         if not self.is_main:
             return
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -254,7 +269,7 @@ class MetricsLogger(Callback):
                 line += f" | val_loss {metrics['val_loss']:.4f}"
             print(line, file=sys.stdout, flush=True)
 
-    def on_train_end(self, ctx: "Trainer") -> None:
+    def on_train_end(self, ctx: TrainContext) -> None:
         if self.jsonl is not None:
             self.jsonl.close()
         if self.tb is not None:

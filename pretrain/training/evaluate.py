@@ -6,13 +6,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from ..distributed import all_reduce_sum
-from .callbacks import Callback, _due
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
+from .callbacks import Callback, TrainContext, _due
 
 
 @dataclass
@@ -61,7 +58,7 @@ class EvalCallback(Callback):
         self.batch_size = batch_size
         self.per_source = per_source or {}
 
-    def metrics(self, ctx: "Trainer") -> dict[str, float]:
+    def metrics(self, ctx: TrainContext) -> dict[str, float]:
         t0 = time.perf_counter()
         d = ctx.dist
         loss = validation_loss(ctx.engine, self.dataset, ctx.seq_len, self.cfg.max_samples, self.batch_size, d.device,
@@ -74,6 +71,6 @@ class EvalCallback(Callback):
         out["eval_time_s"] = time.perf_counter() - t0
         return out
 
-    def on_step_end(self, ctx: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         if _due(ctx.state.step, self.cfg.interval, ctx.state.max_steps):
             metrics.update(self.metrics(ctx))
