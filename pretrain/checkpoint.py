@@ -45,7 +45,8 @@ from typing import Any, Iterator, Literal, Optional
 
 from data_prep.fsutil import atomic_write_bytes, sha256_file
 
-from . import __version__, faults
+from . import faults
+from ._version import __version__
 from .distributed import DistInfo, barrier, gather_to_main
 from .errors import CheckpointError, UnsafeCheckpoint  # noqa: F401  (re-exported)
 
@@ -70,7 +71,10 @@ class CheckpointConfig:
     permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
     schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
     branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
-    init_from: Optional[str] = None  # "hf:DIR": a fresh run from Hugging Face Llama/Phi-3 weights (also model.init_from)
+    # A fresh run (step 0, a fresh optimizer of any kind and schedule) from other weights (also model.init_from):
+    # "hf:DIR" Hugging Face Llama/Phi-3 weights, or PATH one of our checkpoints (RUN/checkpoints/step_N, or a merge's)
+    init_from: Optional[str] = None
+    load_optimizer_state: bool = True  # false: a branch takes the parent's weights and counters, a fresh optimizer
     restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
     load_data_state: bool = True  # continue the saved data order; false: a fresh order (a branch onto new data)
     convert_workers: int = 0  # parallel workers converting a checkpoint for another world size; 0: the cores, at most 8
@@ -86,11 +90,22 @@ class CheckpointConfig:
             problems.append(("keep_last", "an integer >= 1"))
         if any(s < 1 for s in self.permanent):
             problems.append(("permanent", "steps >= 1"))
-        if self.init_from is not None and not self.init_from.startswith("hf:"):
-            problems.append(("init_from", "'hf:DIR' (a Hugging Face Llama or Phi-3 directory), or null"))
+        if self.init_from is not None and self.init_from.removeprefix("hf:").strip() == "":
+            problems.append(("init_from", "'hf:DIR' (a Hugging Face Llama or Phi-3 directory), the path of one of our "
+                                          "checkpoints (RUN/checkpoints/step_NNNNNNNN, or a merged one), or null"))
         if self.init_from is not None and self.branch_from is not None:
             problems.append(("init_from", "null when branch_from is set (a run starts from one of them)"))
+        if not self.load_optimizer_state and self.branch_from is None and self.init_from is None:
+            problems.append(("load_optimizer_state", "true unless checkpoint.branch_from is set (false: the branch "
+                                                     "starts with a fresh optimizer state)"))
         return problems
+
+    @property
+    def init_checkpoint(self) -> Optional[str]:
+        """``init_from`` when it names one of our checkpoints (not ``hf:``); else None."""
+        if self.init_from is None or self.init_from.startswith("hf:"):
+            return None
+        return self.init_from
 
     def root(self, run_dir: Path) -> Path:
         """Where the run's checkpoints live: ``dir`` (relative to the working directory, or else to the

@@ -102,25 +102,43 @@ def find_start(cfg, dist: DistInfo) -> Optional[StartPoint]:
     return StartPoint(Path(root), tag, marker, branch=(kind == "branch"))
 
 
-def check_compatible(start: StartPoint, cfg) -> None:
-    """Refuse a start that cannot work, saying why."""
-    saved_cfg_path = start.path / "config.yaml"
+def _saved_config(path: Path) -> Optional[dict[str, Any]]:
+    """The run config saved with the checkpoint ``path`` (None when it has none); CheckpointError if unreadable."""
+    saved_cfg_path = path / "config.yaml"
     if not saved_cfg_path.is_file():
-        return
+        return None
     try:
         saved = yaml.safe_load(saved_cfg_path.read_text())
         saved["model"], saved["train"]["global_batch_size"]  # noqa: B018  (the keys compared below)
     except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError) as e:
-        raise CheckpointError(f"cannot start from {start.path}: its config.yaml is not a run config this "
+        raise CheckpointError(f"cannot start from {path}: its config.yaml is not a run config this "
                               f"version wrote ({type(e).__name__}: {e})") from None
+    return saved
+
+
+def model_differences(path: Path, cfg) -> list[str]:
+    """How ``cfg``'s model differs from the one saved with the checkpoint ``path`` (``model.K: saved -> now``),
+    leaving out the fields a start may change (dropout, activation checkpointing); [] when its weights fit."""
+    saved = _saved_config(path)
+    if saved is None:
+        return []
     now = cfg.to_dict()
     changed = sorted(
         k for k in set(saved["model"]) | set(now["model"])
         if k not in MODEL_FIELDS_FREE and saved["model"].get(k) != now["model"].get(k)
     )
-    if changed:
-        diffs = ", ".join(f"model.{k}: {saved['model'].get(k)!r} -> {now['model'].get(k)!r}" for k in changed)
-        raise CheckpointError(f"cannot start from {start.path}: the model differs from the one saved ({diffs})")
+    return [f"model.{k}: {saved['model'].get(k)!r} -> {now['model'].get(k)!r}" for k in changed]
+
+
+def check_compatible(start: StartPoint, cfg) -> None:
+    """Refuse a start that cannot work, saying why."""
+    saved = _saved_config(start.path)
+    if saved is None:
+        return
+    now = cfg.to_dict()
+    diffs = model_differences(start.path, cfg)
+    if diffs:
+        raise CheckpointError(f"cannot start from {start.path}: the model differs from the one saved ({', '.join(diffs)})")
     if saved["train"]["global_batch_size"] != now["train"]["global_batch_size"]:
         raise CheckpointError(
             f"cannot start from {start.path}: train.global_batch_size {saved['train']['global_batch_size']} -> "
@@ -131,8 +149,76 @@ def check_compatible(start: StartPoint, cfg) -> None:
         raise CheckpointError(f"cannot start from {start.path}: its step {start.step} is past train.max_steps = {cfg.train.max_steps}")
 
 
+def weights_only(start: Optional[StartPoint], cfg) -> bool:
+    """Whether ``start`` gives the run its weights (and counters) only, with a fresh optimizer state: a merged
+    checkpoint (it has no optimizer state), or a branch with ``checkpoint.load_optimizer_state: false``."""
+    return start is not None and ("merged" in start.marker or (start.branch and not cfg.checkpoint.load_optimizer_state))
+
+
+def open_init_checkpoint(path: Path, cfg, verify: bool = True) -> StartPoint:
+    """The checkpoint ``checkpoint.init_from`` names (one of ours: a step directory or a merged one), checked:
+    complete, its files as its manifest says (sha256 unless ``verify`` is false), a model that fits ``cfg``.
+    CheckpointError naming it otherwise. Reads only."""
+    ckpts, tag = CheckpointDir.open(path, cfg.checkpoint.verify)
+    if verify:
+        problems = ckpts.verify(tag)
+        if problems:
+            raise CheckpointError(f"cannot initialize from {ckpts.root / tag}: {'; '.join(problems)}")
+    diffs = model_differences(ckpts.root / tag, cfg)
+    if diffs:
+        raise CheckpointError(f"cannot initialize from {ckpts.root / tag}: the model differs from the one saved "
+                              f"({', '.join(diffs)})")
+    try:
+        marker = json.loads((ckpts.root / tag / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpts.root / tag / MARKER}: not a readable checkpoint marker ({e})") from None
+    return StartPoint(ckpts.root, tag, marker, branch=True)
+
+
+def find_init_checkpoint(cfg, dist: DistInfo) -> StartPoint:
+    """:func:`open_init_checkpoint` on rank 0 (it hashes the files), the same StartPoint (or CheckpointError) on
+    every rank."""
+    found: Any = None
+    if dist.is_main:
+        try:
+            start = open_init_checkpoint(Path(cfg.checkpoint.init_checkpoint), cfg)
+            found = ("ok", str(start.root), start.tag)
+        except CheckpointError as e:
+            found = ("error", str(e), "")
+    kind, root, tag = _broadcast(found)
+    if kind == "error":
+        raise CheckpointError(root)
+    return open_init_checkpoint(Path(root) / tag, cfg, verify=False)
+
+
+def write_init_lineage(start: StartPoint, cfg, out_dir: Path) -> dict[str, Any]:
+    """Record a weights-only start (``checkpoint.init_from`` one of our checkpoints): the checkpoint, its step and
+    tokens (the run itself starts at step 0 with a fresh optimizer and schedule), what the config changed."""
+    from .checkpoint import atomic_write_text
+
+    parent_cfg_path = start.path / "config.yaml"
+    parent = yaml.safe_load(parent_cfg_path.read_text()) if parent_cfg_path.is_file() else {}
+    a, b = _flatten(parent), _flatten(cfg.to_dict())
+    lineage = {
+        "init_from": str(start.path.resolve()),
+        "step": start.step,  # the parent's step; this run counts from 0
+        "tokens": start.marker.get("tokens"),
+        "weights_only": True,
+        "merged": start.marker.get("merged"),  # the merge's method, sources and weights, or null
+        # not "parent_run_dir": this run's curve starts at its own step 0 and does not continue the parent's
+        "init_run_dir": parent.get("run_dir") or str(start.root.parent),
+        "parent_config_hash": start.marker.get("config_hash"),
+        "parent_manifest_sha256": start.marker.get("manifest_sha256"),
+        "parent_optimizer": (parent.get("optimizer") or {}).get("name"),
+        "optimizer": cfg.optimizer.name,
+        "config_diff": {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)},
+    }
+    atomic_write_text(out_dir / "lineage.json", json.dumps(lineage, indent=1))
+    return lineage
+
+
 def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_config: dict, workers: int = 0,
-                       poll_s: float = 2.0) -> StartPoint:
+                       poll_s: float = 2.0, weights_only: bool = False) -> StartPoint:
     """Use a checkpoint saved by another world size through DeepSpeed's universal format.
 
     A conversion made before (``python -m pretrain.convert``, or an earlier launch) is reused. Otherwise
@@ -143,7 +229,8 @@ def prepare_world_size(start: StartPoint, own_root: Path, dist: DistInfo, ds_con
     from .convert import UNIVERSAL, convert, is_converted
 
     saved_world = start.marker["world_size"]
-    if saved_world == dist.world_size or "merged" in start.marker:  # a merge holds no DeepSpeed files
+    # A merge holds no DeepSpeed files; weights alone are gathered from any world size's files (zero_to_fp32).
+    if saved_world == dist.world_size or "merged" in start.marker or weights_only:
         return start
     out_root = own_root / UNIVERSAL
     out = out_root / start.tag
@@ -187,9 +274,11 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def write_lineage(start: StartPoint, cfg, out_dir: Path, applied: list[str] = (), data_state: str = "restored") -> dict[str, Any]:
-    """Record where a branch came from: parent run, step, what its config changed, and which of the
-    checkpoint's optimizer settings the config replaced (``applied``)."""
+def write_lineage(start: StartPoint, cfg, out_dir: Path, applied: list[str] = (), data_state: str = "restored",
+                  optimizer_state: str = "restored") -> dict[str, Any]:
+    """Record where a branch came from: parent run, step, what its config changed, which of the
+    checkpoint's optimizer settings the config replaced (``applied``), and whether the optimizer state
+    was the checkpoint's (``restored``) or fresh (``fresh``: checkpoint.load_optimizer_state false, or a merge)."""
     from .checkpoint import atomic_write_text
 
     parent_cfg_path = start.path / "config.yaml"
@@ -205,6 +294,8 @@ def write_lineage(start: StartPoint, cfg, out_dir: Path, applied: list[str] = ()
         "config_diff": diff,
         "optimizer_applied_over_checkpoint": list(applied),
         "data_state": data_state,  # restored: the parent's data order continues; fresh: a new seeded order
+        "optimizer_state": optimizer_state,  # restored: the parent's; fresh: a new optimizer (of any kind)
+        "weights_only": optimizer_state == "fresh",
         "data_changed": {k: v for k, v in diff.items() if k.startswith("data.")},
     }
     atomic_write_text(out_dir / "lineage.json", json.dumps(lineage, indent=1))

@@ -350,6 +350,18 @@ def resolve(
                              "checkpoint directory; a branch needs its own run_dir)")
         except CheckpointError as e:
             problems.add("checkpoint.branch_from", c.branch_from, f"a complete checkpoint directory ({e})")
+    if c.init_checkpoint is not None:  # one of our checkpoints: complete, with a model that fits (hashed at launch)
+        from .checkpoint import CheckpointDir, CheckpointError
+        from .resume import model_differences
+
+        try:
+            parent, tag = CheckpointDir.open(Path(c.init_checkpoint))
+            for difference in (model_differences(parent.root / tag, cfg) if not file_problems else []):
+                problems.add("checkpoint.init_from", c.init_from, f"a checkpoint whose model fits the run's: {difference}")
+        except CheckpointError as e:
+            problems.add("checkpoint.init_from", c.init_from, "one of our complete checkpoints (a RUN/checkpoints/"
+                         f"step_NNNNNNNN directory or one written by pretrain.merge), or 'hf:DIR' for Hugging Face "
+                         f"weights ({e})")
     if c.init_from is not None and c.init_from.startswith("hf:") and not file_problems:
         from .hf import HFError, hf_config_differences
 
@@ -406,7 +418,7 @@ def _check_output_dirs(cfg: RunConfig, problems: Problems) -> None:
         "data directory (data.path)": None if is_remote(cfg.data.path) else cfg.data.path,
         "tokenizer (data.tokenizer)": cfg.data.tokenizer,
         "branch source (checkpoint.branch_from)": cfg.checkpoint.branch_from,
-        "Hugging Face weights (checkpoint.init_from)": (cfg.checkpoint.init_from or "").removeprefix("hf:") or None,
+        "initial weights (checkpoint.init_from)": (cfg.checkpoint.init_from or "").removeprefix("hf:") or None,
     }
     outputs = [("run_dir", cfg.run_dir, cfg.out_dir)]
     if cfg.checkpoint.dir:

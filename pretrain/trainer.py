@@ -83,7 +83,7 @@ class Trainer:
 
         from .checkpoint import CheckpointSaver, atomic_write_text
         from .hardware import detect, peak_flops
-        from .resume import check_compatible, find_start, prepare_world_size
+        from .resume import check_compatible, find_init_checkpoint, find_start, prepare_world_size, weights_only
         from .run_config import ds_precision, plan_text
 
         cfg, dist = self.cfg, self.dist
@@ -100,6 +100,8 @@ class Trainer:
         start = find_start(cfg, dist)
         if start is not None:
             check_compatible(start, cfg)
+        # checkpoint.init_from one of our checkpoints: checked (complete, hashes, model) before anything is written
+        init = find_init_checkpoint(cfg, dist) if start is None and cfg.checkpoint.init_checkpoint else None
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", config_yaml)
@@ -108,17 +110,21 @@ class Trainer:
                   else f"  no MFU: {peak_why}", flush=True)
             _write_hardware(out / "hardware.json", hw, self.precision, self.threads, self.peak_flops, peak_why)
         if start is not None:
-            start = prepare_world_size(start, self.saver.root, dist, self.ds_config, cfg.checkpoint.convert_workers)
+            start = prepare_world_size(start, self.saver.root, dist, self.ds_config, cfg.checkpoint.convert_workers,
+                                       weights_only=weights_only(start, cfg))
         self.start = start
         if dist.is_main:
             atomic_write_text(out / "ds_config.json", json.dumps(self.ds_config, indent=2))
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = cfg.model.build()
-        if start is not None and "merged" in start.marker:  # merged weights, a fresh optimizer state
+        # The weights go into the model before DeepSpeed wraps it: under ZeRO-3 it partitions what it is given.
+        if weights_only(start, cfg):  # a merge, or a branch without its optimizer state: a fresh optimizer
             from .checkpoint import CheckpointDir
 
             model.load_state_dict(CheckpointDir(start.root).model(start.tag, cfg.model).state_dict())
+        elif init is not None:  # our checkpoint's weights, a fresh run from step 0
+            self._init_from_checkpoint(model, init)
         elif start is None and cfg.checkpoint.init_from:  # Hugging Face weights, a fresh run from step 0
             self._init_from_hf(model, Path(cfg.checkpoint.init_from.removeprefix("hf:")))
         self.engine = build_engine(model, cfg.optimizer, self.ds_config, dist.device, cfg.train.compile)
@@ -147,6 +153,18 @@ class Trainer:
             print(f"initialized from {directory} ({lineage['format']}, {len(files)} weight file(s)); "
                   "training starts at step 0", flush=True)
 
+    def _init_from_checkpoint(self, model, init) -> None:
+        """Load the weights of ``init`` (one of our checkpoints, checked by rank 0) into ``model``; a fresh
+        optimizer, schedule and step counter; rank 0 records it in lineage.json."""
+        from .checkpoint import CheckpointDir
+        from .resume import write_init_lineage
+
+        pass
+        if self.dist.is_main:
+            write_init_lineage(init, self.cfg, self.run_dir)
+            print(f"initialized from the weights of {init.path} (step {init.step}); a fresh {self.cfg.optimizer.name} "
+                  "optimizer and schedule, training starts at step 0", flush=True)
+
     def _setup_data(self) -> None:
         from .data import clean_stale_shared_memory, shared_memory_lock
 
@@ -167,12 +185,13 @@ class Trainer:
         import dataclasses
 
         from .checkpoint import CheckpointDir, UnsafeCheckpoint, step_of
+        from .resume import weights_only
 
         ckpts = CheckpointDir(start.root, self.cfg.checkpoint.verify)
         while True:
             error, saved = None, None
             try:
-                if "merged" in start.marker:  # its weights went into the model before the engine was built
+                if weights_only(start, self.cfg):  # its weights went into the model before the engine was built
                     saved = ckpts.rank_state(start.tag, self.dist)
                 else:
                     saved = ckpts.load(self.engine, start.tag, self.dist, start.load_dir)
@@ -193,7 +212,7 @@ class Trainer:
             start = dataclasses.replace(start, tag=older, marker=ckpts.marker(older))
 
     def _restore(self, start) -> None:
-        from .resume import write_lineage
+        from .resume import weights_only, write_lineage
         from .training.state import restore
 
         start, saved = self._load(start)
@@ -210,8 +229,13 @@ class Trainer:
                 print(f"the config's optimizer settings replace the checkpoint's: {'; '.join(changes)}", flush=True)
             if not load_data:
                 print("the data order starts fresh (checkpoint.load_data_state=false)", flush=True)
+            fresh = weights_only(start, self.cfg)
+            if fresh and start.branch:
+                print(f"a fresh {self.cfg.optimizer.name} optimizer state (the checkpoint's weights and counters only)",
+                      flush=True)
             if start.branch:
-                write_lineage(start, self.cfg, self.run_dir, changes, data_state="restored" if load_data else "fresh")
+                write_lineage(start, self.cfg, self.run_dir, changes, data_state="restored" if load_data else "fresh",
+                              optimizer_state="fresh" if fresh else "restored")
             elif changes:
                 record = {"step": self.state.step, "checkpoint": str(start.path), "optimizer_changes": changes}
                 with open(self.run_dir / "changes.jsonl", "a") as f:

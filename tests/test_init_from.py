@@ -5,6 +5,7 @@ validation loss is the source run's final one; misfit architectures and tensors 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -173,3 +174,193 @@ def test_hf_module_imports_only_lower_layers():
     ours = [m for m in imported if m.split(".")[0] in ("pretrain", "data_prep")]
     above = [m for m in ours if not any(m == a or m.startswith(a + ".") for a in allowed)]
     assert not above, f"pretrain.hf imports {above}: only {', '.join(allowed)} and external libraries are allowed"
+
+
+# -- weights-only starts from our own checkpoints (checkpoint.init_from: PATH, checkpoint.load_optimizer_state) ----
+
+def _parent_ckpt(source) -> Path:
+    return source[0] / "checkpoints" / "step_00000002"
+
+
+def _parent_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    from pretrain.checkpoint import CheckpointDir
+
+    ckpts, tag = CheckpointDir.open(ckpt)
+    return ckpts.fp32_weights(tag)
+
+
+@pytest.fixture(scope="module")
+def parent_weights(source) -> dict[str, torch.Tensor]:
+    return _parent_weights(_parent_ckpt(source))
+
+
+def _sgd(tiny_data: Path, run_dir: Path, stage: int = 2, **extra) -> list[str]:
+    """A child with plain SGD (the parent trained with AdamW), in fp32 so the engine's weights are the loaded ones."""
+    return _overrides(tiny_data, run_dir, **{
+        "optimizer.name": "sgd", "optimizer.lr": 0.05, "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
+        "deepspeed.config": f"ds_configs/zero{stage}.json", "train.precision": "fp32", "train.max_steps": 3,
+        "schedule.warmup_steps": 1, "eval.interval": 0, "checkpoint.interval": 0, **extra})
+
+
+@contextlib.contextmanager
+def _trainer(overrides: list[str]):
+    """A Trainer of ``overrides`` set up in this process (a world of one), torn down as pretrain.train() does."""
+    import deepspeed.comm
+
+    from pretrain.distributed import init_distributed, release_shared_memory
+    from pretrain.run_config import load_and_resolve
+    from pretrain.trainer import Trainer, _world_of_one
+
+    threads = torch.get_num_threads()
+    with _world_of_one():
+        cfg, ds_config = load_and_resolve(DEMO, overrides, 1)
+        dist = init_distributed(1)
+        trainer = Trainer(cfg, ds_config, dist)
+        try:
+            yield trainer.setup()
+        finally:
+            trainer.close(restore_signals=True)
+            release_shared_memory(dist)
+            deepspeed.comm.destroy_process_group()
+            torch.set_num_threads(threads)
+
+
+def _engine_weights(engine) -> dict[str, torch.Tensor]:
+    """The engine's full weights (gathered from their ZeRO-3 partitions), by state-dict name."""
+    import deepspeed
+
+    params = dict(engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=hasattr(next(iter(params.values())), "ds_id")):
+        return {k: v.detach().clone() for k, v in params.items()}
+
+
+def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) <= set(want), sorted(set(got) - set(want))
+    for k, v in got.items():
+        assert v.dtype == torch.float32 and torch.equal(v, want[k].to(v.dtype)), f"{k} differs from the checkpoint's"
+
+
+def _sgd_state(engine) -> tuple[type, list[str]]:
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    keys = sorted({k for state in base.state.values() for k, v in state.items() if v is not None})
+    return type(base), keys
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_init_from_our_checkpoint_adamw_parent_sgd_child(source, parent_weights, tiny_data, tmp_path, stage):
+    """An AdamW parent's weights into an SGD child under ZeRO 1/2/3: bit for bit at step 0, no Adam state, the
+    child's own schedule from step 0, lineage recorded."""
+    ckpt = _parent_ckpt(source)
+    run_dir = tmp_path / "child"
+    with _trainer(_sgd(tiny_data, run_dir, stage, **{"checkpoint.init_from": str(ckpt)})) as trainer:
+        assert (trainer.state.step, trainer.state.tokens) == (0, 0) and trainer.start is None
+        _assert_same(_engine_weights(trainer.engine), parent_weights)
+        assert _sgd_state(trainer.engine) == (torch.optim.SGD, [])
+        result = trainer.fit()
+        assert result.code == 0 and result.step == 3
+        kind, keys = _sgd_state(trainer.engine)
+        assert kind is torch.optim.SGD and not {"exp_avg", "exp_avg_sq"} & set(keys), keys
+        schedule, lr = trainer.cfg.build_schedule(), trainer.cfg.optimizer.lr
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["step"] >= 1]
+    assert [r["step"] for r in trained] == [1, 2, 3]
+    assert [r["lr"] for r in trained] == pytest.approx([lr * schedule(s) for s in range(3)], abs=1e-15)
+    assert trained[0]["tokens"] == 4 * 64  # the counters start at 0, not at the parent's
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert lineage["init_from"] == str(ckpt.resolve()) and lineage["step"] == 2 and lineage["weights_only"] is True
+    assert (lineage["parent_optimizer"], lineage["optimizer"]) == ("adamw", "sgd")
+    assert "parent_run_dir" not in lineage  # its curve does not continue the parent's (pretrain.forecast)
+    assert lineage["config_diff"]["optimizer.name"] == ["adamw", "sgd"]
+    assert json.loads((run_dir / "checkpoints" / "step_00000003" / "COMPLETE").read_text())["step"] == 3
+
+
+def test_branch_without_optimizer_state(source, parent_weights, tiny_data, tmp_path):
+    """checkpoint.load_optimizer_state=false: the branch takes the parent's weights and counters (step, tokens,
+    data position) with a fresh optimizer of another kind."""
+    ckpt = _parent_ckpt(source)
+    run_dir = tmp_path / "branch"
+    ov = _sgd(tiny_data, run_dir, **{"checkpoint.branch_from": str(ckpt), "checkpoint.load_optimizer_state": "false",
+                                     "train.max_steps": 3})
+    with _trainer(ov) as trainer:
+        assert (trainer.state.step, trainer.state.tokens) == (2, 2 * 4 * 64)
+        _assert_same(_engine_weights(trainer.engine), parent_weights)
+        assert _sgd_state(trainer.engine) == (torch.optim.SGD, [])
+        assert trainer.fit().step == 3
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert lineage["step"] == 2 and lineage["optimizer_state"] == "fresh" and lineage["weights_only"] is True
+    assert lineage["parent_checkpoint"] == str(ckpt.resolve())
+
+
+def test_init_from_a_merged_checkpoint(source, parent_weights, tiny_data, tmp_path):
+    from pretrain.checkpoint import CheckpointDir
+    from pretrain.merge import merge
+
+    ckpts, tag = CheckpointDir.open(_parent_ckpt(source))
+    merged = merge(ckpts, [tag], "decay:1-sqrt", tmp_path / "merged", log=lambda *a: None)
+    run_dir = tmp_path / "child"
+    with _trainer(_sgd(tiny_data, run_dir, **{"checkpoint.init_from": str(merged), "train.max_steps": 1})) as trainer:
+        assert trainer.state.step == 0
+        _assert_same(_engine_weights(trainer.engine), parent_weights)  # one checkpoint: weight 1
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert lineage["merged"]["method"] == "decay:1-sqrt" and lineage["init_from"] == str(merged.resolve())
+
+
+@pytest.mark.distributed
+def test_init_from_under_zero3_on_two_ranks(source, parent_weights, tiny_data, tmp_path):
+    """Two gloo ranks, ZeRO-3: the weights are partitioned after loading. The child's one update runs at D2Z's
+    last LR multiplier, 0, so the checkpoint it saves holds the loaded weights: bit for bit the parent's."""
+    from tests.conftest import run_ranks
+
+    _, _, src_val = source
+    run_dir = tmp_path / "z3"
+    ov = _sgd(tiny_data, run_dir, 3, **{"checkpoint.init_from": str(_parent_ckpt(source)), "train.max_steps": 1,
+                                        "schedule.warmup_steps": 0, "train.micro_batch_size": 1})
+    res = run_ranks(["--config", DEMO, *ov], 2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and records[0]["val_loss"] == pytest.approx(src_val, abs=1e-4)
+    assert [r["lr"] for r in records if r["step"] == 1] == [0.0]
+    _assert_same(_parent_weights(run_dir / "checkpoints" / "step_00000001"), parent_weights)
+    assert json.loads((run_dir / "lineage.json").read_text())["step"] == 2
+
+
+def test_bad_init_from_is_refused_writing_nothing(source, tiny_data, tmp_path):
+    from pretrain import train
+    from pretrain.trainer import LaunchError
+
+    ckpt = _parent_ckpt(source)
+    incomplete = tmp_path / "copy" / "step_00000002"
+    shutil.copytree(ckpt, incomplete)
+    (incomplete / "COMPLETE").unlink()
+    run_dir = tmp_path / "child"
+    cases = [
+        ({"checkpoint.init_from": str(tmp_path / "nowhere" / "step_00000002")}, "not a complete checkpoint"),
+        ({"checkpoint.init_from": str(incomplete)}, rf"{incomplete}: not a complete checkpoint"),
+        ({"checkpoint.init_from": str(ckpt.parent)}, "expected a step_NNNNNNNN directory"),
+        ({"checkpoint.init_from": str(ckpt), "model.n_layers": 3}, r"model.n_layers: 2 -> 3"),
+        ({"checkpoint.init_from": str(ckpt), "checkpoint.branch_from": str(ckpt)}, "null when branch_from is set"),
+        ({"checkpoint.load_optimizer_state": "false"}, "checkpoint.load_optimizer_state.*true unless"),
+        ({"checkpoint.init_from": "hf:"}, "checkpoint.init_from"),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(ConfigError, match=expected) as e:
+            train(DEMO, _sgd(tiny_data, run_dir, **extra))
+        assert "checkpoint.init_from" in str(e.value) or "load_optimizer_state" in str(e.value)
+        assert not run_dir.exists(), extra
+    # files that differ from the manifest (same size): refused at launch by their hash, before anything is written
+    damaged = tmp_path / "damaged" / "step_00000002"
+    shutil.copytree(ckpt, damaged)
+    victim = next(damaged.glob("*model_states.pt"))
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(LaunchError) as e:
+        train(DEMO, _sgd(tiny_data, run_dir, **{"checkpoint.init_from": str(damaged)}))
+    assert e.value.code == 3 and f"cannot initialize from {damaged}" in str(e.value) and victim.name in str(e.value)
+    assert not run_dir.exists()
+    # an input inside the run's own directory breaks the output rule
+    inside = run_dir / "old" / "step_00000002"
+    shutil.copytree(ckpt, inside)
+    with pytest.raises(ConfigError, match="initial weights"):
+        train(DEMO, _sgd(tiny_data, run_dir, **{"checkpoint.init_from": str(inside)}))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["old"]
