@@ -121,13 +121,20 @@ def test_wsd_tiny_branches_cooldowns_and_merges(tiny_data, tmp_path):
     rows = _rows(out)
     assert {r["status"] for r in rows} == {"done"}
     main = next(r for r in rows if r["role"] == "main")
-    cooldowns = [r for r in rows if r["role"].startswith("cooldown")]
+    cooldowns = [r for r in rows if "cooldown" in r["role"]]
     assert cooldowns and all(r["parent"] == main["label"] for r in cooldowns)
     assert all(int(r["steps"]) == int(r["branch_step"]) + round(0.2 * int(r["steps"])) or r["tpp"] == "wsm"
                for r in cooldowns)
+    assert {r["role"] for r in cooldowns} >= {"wsm-cooldown-linear", "wsm-cooldown-1-sqrt"}
     report = (out / "report.md").read_text()
-    assert "WSM: the uniform merge" in report and "merged " in report
-    assert "% saved per seed" in report
+    assert "WSM: merges of the main run's checkpoints" in report and "not computed" not in report
+    assert "decay:1-sqrt merge over 40% of the run is no worse" in report
+    assert "Compute, for ONE cooldown shape" in report and "% saved per seed" in report
+    assert "a 1-sqrt cooldown beats a linear cooldown" in report
+    cached = sorted((out / "wsm").glob("*/*.json"))
+    assert [p.name for p in cached] == ["decay-1-sqrt-d40.json", "decay-linear-d40.json", "uniform-4-d40.json"]
+    linear = json.loads(cached[1].read_text())
+    assert linear["method"] == "decay:linear" and linear["steps"][-1] - linear["steps"][0] == round(0.4 * int(main["steps"]))
 
 
 def test_emit_slurm_writes_one_array_per_wave(tmp_path):
@@ -265,3 +272,71 @@ def test_d2z_grid_extends_until_bracketed_then_adds_seeds_and_reports_capped_arm
     d = [((3.46 + 0.01 * 0.04 + 0.002 * s) - (3.45 + 0.01 * 0.09 + 0.002 * s + 0.0001 * s * s))
          / (3.46 + 0.01 * 0.04 + 0.002 * s) for s in range(3)]
     assert f"{np.mean(d):+.2%}" in report.split("### 20 TPP")[1]
+
+
+# ---------------------------------------------------------------- wsd / wsm: tuned LRs, the duality merge
+def test_wsm_windows_include_their_first_step_every_percent():
+    from experiments.wsd import merge_window, uniform_steps
+
+    w = merge_window(818, 0.4, 100)
+    assert w[0] == 818 - 327 and w[-1] == 818 and all(b - a == 3 for a, b in zip(w, w[1:-1]))  # ~1% of 327
+    assert len(merge_window(818, 0.05, 100)) == 42  # 41 updates: every step, first included
+    assert uniform_steps(818, 0.2) == [695, 736, 777, 818]  # today's merge: the window's first step left out
+    with pytest.raises(ValueError):
+        merge_window(818, math.nan, 100)
+    with pytest.raises(ValueError):
+        merge_window(818, 0.0, 100)
+
+
+def test_wsm_arm_merges_with_the_duality_weights():
+    """decay:linear over k+1 checkpoints is uniform (a linear decay to 1/(k+1)); decay:1-sqrt follows the formula."""
+    from experiments.wsd import merge_plan, merge_window
+
+    window = merge_window(818, 0.1, 100)
+    k1 = len(window)
+    steps, c = merge_plan(818, window, "decay:linear", 0.1)
+    assert steps == window and c == pytest.approx([1 / k1] * k1)
+    implied = [sum(c[i:]) for i in range(k1)]  # w_i = sum_{j>=i} c_j: the LR multiplier the merge implies
+    assert implied == pytest.approx([1 - i / k1 for i in range(k1)])  # linear decay to 1/(k+1)
+    _, c = merge_plan(818, window, "decay:1-sqrt", 0.1)
+    f = lambda x: 1 - math.sqrt(x)  # noqa: E731
+    assert c == pytest.approx([f(j / k1) - (f((j + 1) / k1) if j + 1 < k1 else 0.0) for j in range(k1)])
+    assert sum(c) == pytest.approx(1.0) and c[0] > c[-1]
+    steps, c = merge_plan(818, window, "uniform-4", 0.1)
+    assert len(steps) == 4 and c == pytest.approx([0.25] * 4)
+
+
+def test_wsd_compute_saved_counts_one_cooldown_shape():
+    from experiments.wsd import compute_saved
+
+    branched, separate, saved = compute_saved({5.0: 256, 10.0: 512, 20.0: 1023}, 818)
+    assert separate == 1791 and branched == 818 + 51 + 102 + 205
+    assert f"{saved:.0%}" == "34%"  # not the 57% of counting both shapes' separate runs
+
+
+def test_wsd_takes_each_arms_lr_from_the_d2z_optima(tmp_path):
+    """The wsd study reads the d2z study's bracketed optima beside it; 10 TPP takes the grid LR between 5 and 20."""
+    import experiments.d2z as D
+    from experiments.wsd import SCALES, choose_lrs
+
+    d2z_study = build_study("d2z", "cpu", out=tmp_path / "d2z-cpu")
+    best_k = {("WSD", 20.0): 0, ("Linear-D2Z", 5.0): 0, ("Linear-D2Z", 20.0): 1, ("Linear-10x", 5.0): 0,
+              ("Linear-10x", 20.0): 0}
+    for r in d2z_study.runs:
+        p = r.params
+        k0 = best_k.get((p["schedule"], p["tpp"]), 0)
+        d = tmp_path / "d2z-cpu" / "runs" / d2z_study.key(r)
+        d.mkdir(parents=True)
+        (d / RESULT).write_text(json.dumps({"status": "done", "final_val_loss": 3.5 + 0.01 * (p["k"] - k0) ** 2}))
+    choice = choose_lrs(SCALES["cpu"], "cpu", tmp_path / "wsd-cpu")
+    assert not choice.pending and choice.probes == [] and "d2z study" in choice.source
+    assert choice.main == pytest.approx(0.016)
+    assert choice.planned["Linear-D2Z"] == pytest.approx({5.0: 0.016, 10.0: 0.032, 20.0: 0.032})
+    assert choice.planned["Linear-10x"] == pytest.approx({5.0: 0.016, 10.0: 0.016, 20.0: 0.016})
+    # without d2z results: a bracket of its own (d2z's seed-0 grid at the top budget), the arms wait for it
+    own = choose_lrs(SCALES["cpu"], "cpu", tmp_path / "elsewhere" / "wsd-cpu")
+    assert own.pending and {r.params["schedule"] for r in own.probes} == {"WSD", "Linear-D2Z", "Linear-10x"}
+    assert all(r.label.startswith("lr-probe/") and r.params["tpp"] == 20.0 for r in own.probes)
+    study = build_study("wsd", "cpu", out=tmp_path / "elsewhere" / "wsd-cpu")
+    assert study.dynamic and {r.params["role"] for r in study.runs} == {"lr-probe"}
+    assert len(study.projected["expected"]) == 3 * 21  # the arms, priced by the dry run until the LRs are known
