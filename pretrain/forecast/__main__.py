@@ -1,12 +1,20 @@
 """Predict a schedule's loss before paying for it: fit a loss law on runs, forecast schedules, search one.
 
-    python -m pretrain.forecast fit RUN_DIR... [--law mpl|annealing] [--out law.json] [--plot fit.png]
-    python -m pretrain.forecast predict law.json --config RUN.yaml [--compare SPEC ...] [--out forecast.png] [KEY=VALUE ...]
+    python -m pretrain.forecast fit RUN_DIR... [--law mpl|annealing] [--metric auto|val_loss|loss] [--window 20]
+        [--out law.json] [--plot fit.png]
+    python -m pretrain.forecast predict law.json [law2.json ...] --config RUN.yaml [--compare SPEC ...] [--out forecast.png] [KEY=VALUE ...]
     python -m pretrain.forecast optimize law.json --config RUN.yaml [--family wsd|linear|cosine|steps|all]
         [--out best_schedule.yaml] [--plot optimized.png] [KEY=VALUE ...]
 
 SPEC is the syntax of ``python -m pretrain.schedules --compare``: ``name[:key=value,...]``; each
 spec keeps the run's budget, warmup and peak LR. The laws are in pretrain/forecast/laws.py.
+
+Recommended use: fit on three runs at one peak LR and budget, as the MPL authors do: a constant
+run, a cosine decay to 10% and a two-stage step decay (x0.3 at 50%), evaluated every <= 25 updates
+on a fixed validation set (``--metric auto`` then fits validation loss; without such evaluations it
+fits training loss averaged over fixed windows of ``--window`` updates). Fit both laws (``--law
+mpl`` and ``--law annealing``) and pass both files to ``predict``: each figure is labelled with
+the law it comes from.
 
 Outputs follow the output rule (:mod:`pretrain.outputs`): never a file the command reads (a run's
 metrics.jsonl/config.yaml, the law file, the run YAML), written atomically, and an existing one is
@@ -28,7 +36,7 @@ from ..config_loader import ConfigError
 from ..outputs import OutputError, check_disjoint, check_replaceable
 from ..plot import save_atomic
 from ..schedules.__main__ import label, parse_spec
-from .fit import FORMAT, FittedLaw, ForecastError, fit_law, read_run
+from .fit import FORMAT, LAM_GRID, FittedLaw, ForecastError, fit_law, read_run
 from .laws import get_law
 from .optimize import FAMILIES, lrs_for_config, optimize_schedule, schedule_override, schedule_yaml
 
@@ -123,39 +131,53 @@ def _load_law(path: str) -> FittedLaw:
 def _fit(args) -> int:
     inputs = {f"run {d}'s {name}": Path(d) / name for d in args.run_dirs for name in RUN_INPUTS}
     check_outputs({"--out": (args.out, _is_law), "--plot": (args.plot, _is_png)}, inputs, args.overwrite)
-    runs = [read_run(d, args.metric) for d in args.run_dirs]
+    from .fit import choose_metric
+
+    metric = choose_metric(args.run_dirs) if args.metric == "auto" else args.metric
+    if args.metric == "auto":
+        print(f"metric: {metric} (auto: " + ("every run has frequent evaluations on its fixed validation set)"
+              if metric == "val_loss" else f"not every run has >= 10 evaluations after warmup: training loss "
+              f"averaged over windows of {args.window} updates)"))
+    runs = [read_run(d, metric, args.window) for d in args.run_dirs]
     law = fit_law(runs, args.law, skip_fraction=args.skip_fraction, max_points=args.max_points, starts=args.starts,
-                  seed=args.seed, huber_delta=args.huber_delta)
+                  seed=args.seed, huber_delta=args.huber_delta, lam=args.lam)
     spec, d = get_law(law.law), law.diagnostics
     print(f"fitted {law.law} to {len(runs)} run(s), {d['points']} points (parameters in absolute-LR units):")
     for name in spec.params:
         rse = d["rel_se"].get(name)
         print(f"  {name:<6} = {law.params[name]:<12.6g} " + (f"(±{rse:.1%})" if rse is not None else "(undetermined)"))
+    if law.law == "annealing":
+        print(f"  lam    = {law.options['lam']:g} (momentum of the annealing area" +
+              (", chosen by the fit)" if args.lam is None else ")"))
     print(f"in-sample: RMSE {d['rmse']:.4g}, mean relative error {d['mean_rel_err']:.3%}, max {d['max_rel_err']:.3%}")
     for r, src in zip(d["runs"], law.sources):
         print(f"  {r['name']}: {src['max_steps']} updates, peak LR {src['peak_lr']:.3g}, {r['points']} points, "
               f"RMSE {r['rmse']:.4g}, mean relative error {r['mean_rel_err']:.3%}")
+    if metric == "loss" and args.window < 20:
+        law.diagnostics["warnings"].append(f"training loss averaged over windows of {args.window} updates (< 20): "
+                                           "per-batch scatter dominates the fit")
     for w in law.warnings:
         print(f"warning: {w}")
     print(f"wrote {law.save(args.out)}")
     if args.plot:
-        rows = [(run.name, run.lrs, np.arange(1, run.lrs.size + 1), law.predict(run.lrs), run.steps, run.losses)
+        rows = [(run.name, run.lrs, np.arange(1, run.lrs.size + 1), law.predict(run.lrs), run.steps - (run.window - 1) / 2,
+                 run.losses)
                 for run in runs]
         print(f"wrote {plot(rows, Path(args.plot), f'{law.law} fit to {len(runs)} run(s)')}")
     return 0
 
 
-def _load(args) -> tuple[FittedLaw, "RunConfig"]:
+def _load(args) -> tuple[list[FittedLaw], "RunConfig"]:
     from ..run_config import load_run_config
 
-    inputs = {"law file": Path(args.law), "run config": Path(args.config)}
+    inputs = {**{f"law file {p}": Path(p) for p in args.laws}, "run config": Path(args.config)}
     if args.command == "predict":
         check_outputs({"--out": (args.out, _is_png)}, inputs, args.overwrite)
     else:
         check_outputs({"--out": (args.out, _is_schedule), "--plot": (args.plot, _is_png)}, inputs, args.overwrite)
-    law = _load_law(args.law)
+    laws = [_load_law(p) for p in args.laws]
     cfg = load_run_config(args.config, args.overrides)
-    return law, cfg
+    return laws, cfg
 
 
 def _curve(law: FittedLaw, lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,35 +200,43 @@ def _notes(law: FittedLaw, peak_lr: float, T: int) -> None:
 
 
 def _predict(args) -> int:
-    law, cfg = _load(args)
+    laws, cfg = _load(args)
     T, peak = cfg.train.max_steps, cfg.optimizer.lr
     scheds = [(label(cfg.schedule) + " [run]", cfg.schedule)]
     scheds += [(label(s), s) for s in (parse_spec(spec, cfg.schedule) for spec in args.compare or [])]
-    rows = []
+    lr_rows = []
     for name, s in scheds:
         try:
-            lrs = lrs_for_config(cfg, s)
+            lr_rows.append((name, s, lrs_for_config(cfg, s)))
         except ForecastError as e:
             raise ForecastError(f"{name}: {e}") from None
-        steps, pred = _curve(law, lrs)
-        rows.append((name, lrs, steps, pred, None, None))
-    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {cfg.schedule.warmup_for(T)}; law {law.law} from {args.law}")
-    _notes(law, peak, T)
-    run_final = rows[0][3][-1]
-    print(f"{'schedule':<52} {'final LR':>10} {'predicted final loss':>21} {'vs run':>9}")
-    for name, lrs, _, pred, _, _ in rows:
-        diff = f"{pred[-1] - run_final:+.4f}" if not name.endswith("[run]") else ""
-        print(f"{name:<52} {lrs[-1]:>10.3g} {pred[-1]:>21.4f} {diff:>9}")
-    print(f"wrote {plot(rows, Path(args.out), f'{cfg.name}: {law.law} forecast, {T} updates, peak LR {peak:g}')}")
+    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {cfg.schedule.warmup_for(T)}")
+    tags = [f"{law.law} ({path})" for law, path in zip(laws, args.laws)]
+    rows = []
+    for law, tag in zip(laws, tags):
+        print(f"law {tag}:")
+        _notes(law, peak, T)
+    print(f"{'schedule':<52} {'final LR':>10} {'law':<11} {'predicted final loss':>21} {'vs run':>9}")
+    for law, tag in zip(laws, tags):
+        run_final = None
+        for name, _, lrs in lr_rows:
+            steps, pred = _curve(law, lrs)
+            run_final = pred[-1] if run_final is None else run_final
+            diff = f"{pred[-1] - run_final:+.4f}" if not name.endswith("[run]") else ""
+            print(f"{name:<52} {lrs[-1]:>10.3g} {law.law:<11} {pred[-1]:>21.4f} {diff:>9}")
+            rows.append((f"{name} [{law.law}]" if len(laws) > 1 else name, lrs, steps, pred, None, None))
+    names = " and ".join(law.law for law in laws)
+    print(f"wrote {plot(rows, Path(args.out), f'{cfg.name}: {names} forecast, {T} updates, peak LR {peak:g}')}")
     return 0
 
 
 def _optimize(args) -> int:
-    law, cfg = _load(args)
+    laws, cfg = _load(args)
+    law = laws[0]
     T, peak = cfg.train.max_steps, cfg.optimizer.lr
     run_lrs = lrs_for_config(cfg)
     W = cfg.schedule.warmup_for(T)
-    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {W}; law {law.law} from {args.law}")
+    print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {W}; law {law.law} from {args.laws[0]}")
     _notes(law, peak, T)
     report: list = []
     best: Optional[tuple] = None
@@ -225,7 +255,7 @@ def _optimize(args) -> int:
     if edges:
         print(f"note: the best schedule has {', '.join(edges)} at the end of its searched range: the law may be "
               "extrapolating (check that its fit runs cover such schedules) or the optimum lies outside the family")
-    comment = (f"python -m pretrain.forecast optimize {args.law} --config {args.config}: the lowest predicted final "
+    comment = (f"python -m pretrain.forecast optimize {args.laws[0]} --config {args.config}: the lowest predicted final "
                f"loss, {final:.4f}\n(the run's own schedule: {run_final:.4f}) at {T} updates, peak LR {peak:g}. "
                "Replace the run YAML's schedule section with this one.")
     out = Path(args.out)
@@ -286,7 +316,13 @@ def main(argv=None) -> int:
     f.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     f.add_argument("--law", choices=["mpl", "annealing"], default="mpl")
     f.add_argument("--out", default="law.json", help="the fitted law (JSON)")
-    f.add_argument("--metric", choices=["loss", "val_loss"], default="loss", help="the curve to fit (default: training loss)")
+    f.add_argument("--metric", choices=["auto", "val_loss", "loss"], default="auto",
+                   help="the curve to fit: val_loss (evaluations on the fixed validation set), loss (training loss "
+                        "averaged over --window updates), auto (default): val_loss when every run has >= 10 "
+                        "evaluations after warmup, else loss")
+    f.add_argument("--window", type=integer(1), default=20,
+                   help="with training loss: fit means over fixed windows of this many updates (>= 1; default 20), "
+                        "ending at each run's last update; recorded in the law file")
     f.add_argument("--skip-fraction", type=number(0, 1, hi_open=True), default=0.1,
                    help="skip this fraction of each run's start (and its warmup), in [0, 1)")
     f.add_argument("--max-points", type=integer(10), default=200, help="at most this many bin medians per run (>= 10)")
@@ -294,12 +330,18 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=integer(0), default=0)
     f.add_argument("--huber-delta", type=number(0, lo_open=True), default=1e-3,
                    help="Huber threshold on log-loss residuals (> 0)")
+    f.add_argument("--lam", type=number(0, 1, hi_open=True), default=None,
+                   help="the annealing law's momentum in [0, 1) (default: chosen by the fit from "
+                        f"{', '.join(map(str, LAM_GRID))})")
     f.add_argument("--plot", default=None, help="PNG of the observed and fitted curves")
     f.add_argument("--overwrite", action="store_true", help="replace an earlier law file or plot at --out/--plot")
     for name, helptext in (("predict", "forecast a run config's schedule and others"),
                            ("optimize", "search a family of schedules for the lowest predicted final loss")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("law", help="law.json written by fit")
+        if name == "predict":
+            s.add_argument("laws", nargs="+", metavar="LAW", help="law files written by fit (e.g. one per law)")
+        else:
+            s.add_argument("law", help="law.json written by fit")
         s.add_argument("--config", required=True, help="run YAML (its budget, peak LR, warmup and schedule)")
         s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
         if name == "predict":
@@ -317,6 +359,13 @@ def main(argv=None) -> int:
         p.error(f"unrecognized arguments: {' '.join(bad)} (overrides are KEY=VALUE)")
     if rest and args.command == "fit":
         p.error(f"fit takes no KEY=VALUE overrides: {' '.join(rest)}")
+    if args.command == "predict":  # KEY=VALUE given before --config land among the law files
+        args.overrides = [a for a in args.laws if "=" in a] + args.overrides
+        args.laws = [a for a in args.laws if "=" not in a]
+        if not args.laws:
+            p.error("predict: expected at least one law file")
+    elif args.command == "optimize":
+        args.laws = [args.law]
     if rest:
         args.overrides += rest
     if getattr(args, "compare", None):  # KEY=VALUE after --compare: an override ('=' before any ':'), not a spec

@@ -3,7 +3,12 @@
 A run's curve is its per-update LRs (``lrs[i]`` for update ``i + 1``, all of them from update 1)
 and the losses observed along it, each at the number of updates ``t`` behind it: metrics.jsonl's
 training ``loss`` of step ``s`` is measured before update ``s`` is applied (``t = s - 1``), its
-``val_loss`` after it (``t = s``).
+``val_loss`` after it (``t = s``). A branch's curve is its parent's up to the branch step
+(lineage.json), followed by its own. The signal is validation loss on a fixed set, evaluated
+often, or training loss averaged over fixed windows of ``window`` updates that end at the run's
+last step (the same windows for a branch and a full run of equal length); the window and the
+metric are recorded in ``law.json`` (``settings.signal``) and the law is averaged over the same
+windows when it is fit or scored.
 
 The fit minimises a Huber loss of ``log(predicted) - log(observed)`` (scipy's ``least_squares``,
 bounded, from several seeded starts, the best kept), skipping the warmup and the first
@@ -24,6 +29,8 @@ from .laws import LAWS, ForecastError, check_lrs, get_law, warmup_of
 
 FORMAT = "pretrain.forecast/1"
 DECAY_MIN = 0.01  # a run "decays" when its LR falls by more than this fraction of its peak after warmup
+POOR_FIT = 0.01  # in-sample mean relative error above which the fit warns
+LONG_DECAY = 0.2  # the fit warns unless some fit run anneals over more than this share of its budget
 
 
 @dataclass
@@ -35,6 +42,13 @@ class RunCurve:
     losses: np.ndarray
     name: str = "run"
     info: dict[str, Any] = field(default_factory=dict)
+    window: int = 1  # each loss is the mean over the ``window`` updates ending at its step
+
+
+def window_steps(steps: np.ndarray, window: int) -> np.ndarray:
+    """Every update each window covers, window by window: shape (len(steps) * window,)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    return (steps[:, None] - np.arange(window - 1, -1, -1)[None, :]).ravel()
 
 
 CurveLike = Union[RunCurve, tuple]
@@ -42,40 +56,103 @@ CurveLike = Union[RunCurve, tuple]
 
 # -- reading runs ---------------------------------------------------------------------------
 
-def _record_lrs(path: Path, seen: frozenset = frozenset()) -> dict[int, float]:
-    """step -> LR of every record of RUN/metrics.jsonl, steps before a branch point from its parent's."""
+METRICS_CHOICES = ("auto", "val_loss", "loss")
+AUTO_MIN_EVALS = 10  # `auto` picks val_loss when every run has at least this many evaluations after warmup
+
+
+def _lineage_records(path: Path, seen: frozenset = frozenset()) -> dict[int, dict[str, Any]]:
+    """step -> record of the run's lineage-aware history: a branch's parent's records up to the branch step
+    (lineage.json ``step``, recursively), then the branch's own. Each record notes its file under ``_file``."""
     from ..rundir import METRICS, read_metrics
 
-    mfile = path / METRICS
-    out: dict[int, float] = {}
+    own: dict[int, dict[str, Any]] = {}
     for rec in read_metrics(path):
         s = rec.get("step")
-        if not isinstance(s, int) or s < 1 or "loss" not in rec:
-            continue  # the step-0 record of the initial weights' validation
-        if not isinstance(rec.get("lr"), (int, float)):
-            raise ForecastError(f"{mfile}: step {s}: no numeric 'lr' (the trainer writes one for every update)")
-        out[s] = float(rec["lr"])
-    lineage = path / "lineage.json"
-    if out and min(out) > 1 and lineage.is_file() and path.resolve() not in seen:
-        parent = json.loads(lineage.read_text()).get("parent_run_dir")
-        cand = [Path(parent), path.parent / Path(parent).name] if parent else []
-        for p in cand:
-            if (p / METRICS).is_file():
-                before = _record_lrs(p, seen | {path.resolve()})
-                out = {**{s: v for s, v in before.items() if s < min(out)}, **out}
-                break
-    return out
+        if isinstance(s, int) and not isinstance(s, bool) and s >= 0:
+            own.setdefault(s, {"_file": str(path / METRICS)}).update(rec)  # a resumed run's repeated step: the last
+    lineage_file = path / "lineage.json"
+    if not lineage_file.is_file() or path.resolve() in seen:
+        return own
+    try:
+        lineage = json.loads(lineage_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ForecastError(f"{lineage_file}: not readable JSON ({e})") from None
+    parent = lineage.get("parent_run_dir") if isinstance(lineage, dict) else None
+    if not parent:
+        return own  # a weights-only start (init_from): no parent curve
+    b = lineage.get("step")
+    trained = [s for s, r in own.items() if s >= 1 and "loss" in r]
+    if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        b = min(trained) - 1 if trained else 0
+    for p in (Path(parent), path.parent / Path(parent).name):
+        if (p / METRICS).is_file() and p.resolve() != path.resolve():
+            before = _lineage_records(p, seen | {path.resolve()})
+            return {**{s: r for s, r in before.items() if s <= b}, **{s: r for s, r in own.items() if s > b}}
+    return own  # the parent is not there: read_run names the missing updates
 
 
-def read_run(run_dir: str | Path, metric: str = "loss") -> RunCurve:
-    """A run directory's curve: LRs and ``metric`` (``loss`` or ``val_loss``) from its metrics.jsonl."""
-    from ..rundir import METRICS, read_metrics
+def windowed(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``losses`` over fixed windows of ``window`` consecutive updates, aligned to end at the last
+    observed step (so runs of the same length, branches included, share every window); a window is kept only
+    when every update in it was observed. Returns (the last update of each window, its mean), ascending."""
+    if window < 1:
+        raise ForecastError(f"window: expected an integer >= 1, got {window!r}")
+    steps, losses = np.asarray(steps, dtype=np.int64), np.asarray(losses, dtype=np.float64)
+    if window == 1 or steps.size == 0:
+        return steps, losses
+    by_step = dict(zip(steps.tolist(), losses.tolist()))
+    ends, means = [], []
+    end = int(steps.max())
+    while end - window + 1 >= 1:
+        vals = [by_step.get(t) for t in range(end - window + 1, end + 1)]
+        if all(v is not None for v in vals):
+            ends.append(end)
+            means.append(float(np.mean(vals)))
+        end -= window
+    return np.array(ends[::-1], dtype=np.int64), np.array(means[::-1])
+
+
+def choose_metric(run_dirs: Sequence[str | Path]) -> str:
+    """``val_loss`` when every run has at least AUTO_MIN_EVALS finite evaluations after its warmup, else ``loss``.
+
+    Validation loss on a fixed set is the low-noise signal (no batch-to-batch scatter) when it is evaluated
+    often; a run evaluated only at its end gives too few points, and then windowed training loss is used."""
+    for d in run_dirs:
+        try:
+            curve = read_run(d, "val_loss")
+        except ForecastError:
+            return "loss"
+        if int(np.sum(curve.steps > curve.info["warmup_steps"])) < AUTO_MIN_EVALS:
+            return "loss"
+    return "val_loss" if run_dirs else "loss"
+
+
+def read_run(run_dir: str | Path, metric: str = "loss", window: int = 1) -> RunCurve:
+    """A run directory's curve: LRs and ``metric`` (``loss``, ``val_loss`` or ``auto``: :func:`choose_metric`).
+
+    A branch's curve (lineage.json) is its parent's up to the branch step, followed by its own. With
+    ``window`` > 1 the (training) losses are means over fixed windows of that many updates (:func:`windowed`).
+    """
+    from ..rundir import METRICS
 
     path = Path(run_dir)
     mfile = path / METRICS
     if not mfile.is_file():
         raise ForecastError(f"{mfile} not found: {path} is not a run directory with training metrics")
-    lr_by_step = _record_lrs(path)
+    if metric == "auto":
+        metric = choose_metric([path])
+    if metric not in ("loss", "val_loss"):
+        raise ForecastError(f"metric: expected one of {', '.join(METRICS_CHOICES)}, got {metric!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ForecastError(f"window: expected an integer >= 1, got {window!r}")
+    recs = _lineage_records(path)
+    lr_by_step: dict[int, float] = {}
+    for s, rec in recs.items():
+        if s < 1 or "loss" not in rec:
+            continue  # the step-0 record of the initial weights' validation
+        if not isinstance(rec.get("lr"), (int, float)):
+            raise ForecastError(f"{rec['_file']}: step {s}: no numeric 'lr' (the trainer writes one for every update)")
+        lr_by_step[s] = float(rec["lr"])
     if not lr_by_step:
         raise ForecastError(f"{mfile}: no training records (one per update, with 'step', 'loss' and 'lr')")
     T = max(lr_by_step)
@@ -85,9 +162,9 @@ def read_run(run_dir: str | Path, metric: str = "loss") -> RunCurve:
                             "whose parent run directory, named in lineage.json, is not there?)")
     lrs = np.array([lr_by_step[s] for s in range(1, T + 1)])
     offset = 1 if metric == "loss" else 0  # the training loss is measured before its update
-    obs = [(r["step"] - offset, float(r[metric])) for r in read_metrics(path)
-           if isinstance(r.get("step"), int) and isinstance(r.get(metric), (int, float)) and not r.get("skipped")
-           and math.isfinite(r[metric]) and r[metric] > 0 and r["step"] - offset >= 1]
+    obs = [(s - offset, float(r[metric])) for s, r in sorted(recs.items())
+           if isinstance(r.get(metric), (int, float)) and not r.get("skipped")
+           and math.isfinite(r[metric]) and r[metric] > 0 and s - offset >= 1]
     if not obs:
         raise ForecastError(f"{mfile}: no finite {metric!r} values")
     schedule = None
@@ -96,10 +173,14 @@ def read_run(run_dir: str | Path, metric: str = "loss") -> RunCurve:
 
         schedule = ((yaml.safe_load((path / "config.yaml").read_text()) or {}).get("schedule") or {}).get("name")
     steps, losses = np.array([o[0] for o in obs]), np.array([o[1] for o in obs])
-    info = {"run_dir": str(path), "metric": metric, "max_steps": T, "peak_lr": float(lrs.max()),
+    win = window if metric == "loss" else 1  # evaluations are on a fixed set already: no windows
+    steps, losses = windowed(steps, losses, win)
+    if steps.size == 0:
+        raise ForecastError(f"{mfile}: no complete window of {win} updates of {metric!r}")
+    info = {"run_dir": str(path), "metric": metric, "window": win, "max_steps": T, "peak_lr": float(lrs.max()),
             "warmup_steps": warmup_of(lrs), "schedule": schedule, "final_lr": float(lrs[-1]),
-            "final_loss": float(losses[-1])}
-    return RunCurve(lrs, steps, losses, path.name or str(path), info)
+            "final_loss": float(losses[-1]), "final_step": int(steps[-1])}
+    return RunCurve(lrs, steps, losses, path.name or str(path), info, win)
 
 
 def _as_curve(run: CurveLike, i: int) -> RunCurve:
@@ -112,11 +193,15 @@ def _as_curve(run: CurveLike, i: int) -> RunCurve:
     steps, losses = np.asarray(c.steps, dtype=np.int64), np.asarray(c.losses, dtype=np.float64)
     if steps.shape != losses.shape:
         raise ForecastError(f"{c.name}: steps and losses differ in length ({steps.size} vs {losses.size})")
-    if steps.size and (steps.min() < 1 or steps.max() > lrs.size):
-        raise ForecastError(f"{c.name}: steps must lie in 1..{lrs.size} (updates behind each loss)")
+    window = c.window
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ForecastError(f"{c.name}: window: expected an integer >= 1, got {window!r}")
+    if steps.size and (steps.min() - window + 1 < 1 or steps.max() > lrs.size):
+        raise ForecastError(f"{c.name}: steps must lie in {window}..{lrs.size} (the last update behind each "
+                            f"{'window mean' if window > 1 else 'loss'})")
     info = {"max_steps": lrs.size, "peak_lr": float(lrs.max()), "warmup_steps": warmup_of(lrs),
-            "final_lr": float(lrs[-1]), **c.info}
-    return RunCurve(lrs, steps, losses, c.name, info)
+            "final_lr": float(lrs[-1]), "window": int(window), "anneal_fraction": anneal_fraction(lrs), **c.info}
+    return RunCurve(lrs, steps, losses, c.name, info, int(window))
 
 
 def _decays(lrs: np.ndarray) -> bool:
@@ -124,13 +209,26 @@ def _decays(lrs: np.ndarray) -> bool:
     return bool(lrs[W - 1] - lrs[W - 1:].min() > DECAY_MIN * lrs.max())
 
 
+def anneal_fraction(lrs: np.ndarray) -> float:
+    """The share of the run's updates from its first LR decay after warmup (by more than DECAY_MIN of the
+    peak) to its end: 0 for a constant run, ~0.2 for a 20% cooldown, 0.5 for a step decay at half the run."""
+    lrs = np.asarray(lrs, dtype=np.float64)
+    W = warmup_of(lrs)
+    below = np.flatnonzero(lrs[W:] < lrs[W - 1] - DECAY_MIN * lrs.max())
+    return float((lrs.size - (W + int(below[0]))) / lrs.size) if below.size else 0.0
+
+
 def _fit_points(c: RunCurve, skip_fraction: float, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Steps past warmup and the first ``skip_fraction``, as at most ``max_points`` bin medians."""
+    """Steps past warmup and the first ``skip_fraction``, as at most ``max_points`` bin medians (window means:
+    every window that starts past them, evenly thinned to ``max_points``)."""
     start = max(c.info["warmup_steps"], int(math.ceil(skip_fraction * c.lrs.size)), 1)
-    keep = (c.steps >= start) & np.isfinite(c.losses) & (c.losses > 0)
+    keep = (c.steps - c.window + 1 >= start) & np.isfinite(c.losses) & (c.losses > 0)
     t, y = c.steps[keep], c.losses[keep]
     order = np.argsort(t, kind="stable")
     t, y = t[order], y[order]
+    if c.window > 1 and t.size > max_points:
+        pick = np.unique(np.linspace(0, t.size - 1, max_points).round().astype(int))
+        return t[pick], y[pick]
     if t.size > max_points:  # medians of odd windows around evenly spaced points: the middle point's own step
         half = max(int(round((t.size / max_points - 1) / 2)), 0)  # windows cover every point
         centers = np.linspace(half, t.size - 1 - half, max_points).round().astype(int)
@@ -165,6 +263,12 @@ class FittedLaw:
         arr = check_lrs(lrs) / self.lr_ref
         return get_law(self.law).fn(arr, self.unit_params(), None if steps is None else np.asarray(steps),
                                     warmup, **self.options)
+
+    def predict_curve(self, curve: RunCurve) -> np.ndarray:
+        """The law at a curve's points: at each step, or the mean over each window (``curve.window`` > 1)."""
+        w = int(curve.window)
+        pred = self.predict(curve.lrs, window_steps(curve.steps, w))
+        return pred.reshape(-1, w).mean(axis=1)
 
     def final(self, lrs) -> float:
         """The loss after the last update."""
@@ -250,15 +354,35 @@ def _starts(law: str, n: int, seed: int, S0: float, y0: float, ymin: float, s2ma
     return out
 
 
+LAM_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)  # the annealing law's momentum, chosen by the fit when lam=None
+
+
 def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float = 0.1, max_points: int = 200,
-            starts: int = 8, seed: int = 0, huber_delta: float = 1e-3, lam: float = 0.999,
+            starts: int = 8, seed: int = 0, huber_delta: float = 1e-3, lam: Optional[float] = 0.999,
             max_nfev: int = 200) -> FittedLaw:
     """Fit ``law`` to ``runs``: RunCurves, or ``(lrs, steps, losses)`` tuples (``steps``: the updates behind each loss).
 
     Returns the best of ``starts`` seeded fits, with in-sample errors and warnings when the fit is
-    poorly determined (no LR decay in the runs, large standard errors, an ill-conditioned Jacobian,
-    parameters at their bounds).
+    poorly determined (no LR decay in the runs, a decay too short to identify the annealing term, large
+    standard errors, an ill-conditioned Jacobian, parameters at their bounds, a poor in-sample fit).
+    The annealing law's momentum ``lam`` (Tissue et al. use 0.999 over tens of thousands of updates; its
+    time scale, 1 / (1 - lam) updates, should be below a run's decay) is chosen from LAM_GRID by the
+    lowest fit cost when ``lam`` is None.
     """
+    if law == "annealing" and lam is None:
+        fits = [fit_law(runs, law, skip_fraction=skip_fraction, max_points=max_points, starts=starts, seed=seed,
+                        huber_delta=huber_delta, lam=v, max_nfev=max_nfev) for v in LAM_GRID]
+        best_fit = min(fits, key=lambda f: f.diagnostics["cost"])
+        best_fit.diagnostics["lam_costs"] = {str(v): f.diagnostics["cost"] for v, f in zip(LAM_GRID, fits)}
+        return best_fit
+    if law == "annealing" and not (isinstance(lam, (int, float)) and 0.0 <= lam < 1.0):
+        raise ForecastError(f"fit_law: lam: expected a momentum in [0, 1) or None (chosen by the fit), got {lam!r}")
+    return _fit(runs, law, skip_fraction=skip_fraction, max_points=max_points, starts=starts, seed=seed,
+                huber_delta=huber_delta, lam=float(lam if lam is not None else 0.999), max_nfev=max_nfev)
+
+
+def _fit(runs: Sequence[CurveLike], law: str, *, skip_fraction: float, max_points: int, starts: int, seed: int,
+         huber_delta: float, lam: float, max_nfev: int) -> FittedLaw:
     from scipy.optimize import least_squares
 
     spec = get_law(law)
@@ -276,13 +400,23 @@ def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float
         if t.size == 0:
             raise ForecastError(f"{c.name}: no losses after warmup ({c.info['warmup_steps']} updates) and the first "
                                 f"{skip_fraction:.0%} of the run to fit")
-        data.append((c.lrs / lr_ref, t, y, c.info["warmup_steps"]))
+        data.append((c.lrs / lr_ref, t, y, c.info["warmup_steps"], c.window))
     y_all = np.concatenate([d[2] for d in data])
-    terms = [spec.terms(lrs, t, W, **options) for lrs, t, _, W in data]
+    terms = [spec.terms(lrs, window_steps(t, w), W, **options) for lrs, t, _, W, w in data]
     cache: dict[bytes, tuple] = {}
 
+    def averaged(out, w: int, jac: bool):
+        """The law over each window: the mean of its value (and Jacobian rows) at the window's updates."""
+        if w == 1:
+            return out
+        if not jac:
+            return out.reshape(-1, w).mean(axis=1)
+        pred, J = out
+        return pred.reshape(-1, w).mean(axis=1), J.reshape(-1, w, J.shape[1]).mean(axis=1)
+
     def model(u: np.ndarray, jac: bool):
-        return [spec.fn(d[0], u, d[1], d[3], jac=jac, terms=tm, **options) for d, tm in zip(data, terms)]
+        return [averaged(spec.fn(d[0], u, window_steps(d[1], d[4]), d[3], jac=jac, terms=tm, **options), d[4], jac)
+                for d, tm in zip(data, terms)]
 
     def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Residuals log(pred) - log(y) and their Jacobian, computed together (least_squares asks for both)."""
@@ -299,7 +433,7 @@ def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float
 
     lo, hi = _bounds(law, float(y_all.max()))
     first = min(range(len(data)), key=lambda i: data[i][1][0])
-    lrs0, t0, y0, _ = data[first]
+    lrs0, t0, y0, _, _ = data[first]
     S0 = float(np.cumsum(lrs0)[t0[0] - 1])
     s2max = max(float(np.abs(tm[1]).max()) for tm in terms) if law == "annealing" else 0.0
 
@@ -316,8 +450,12 @@ def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float
         best = run(best.x, max_nfev)
     u = best.x
     diagnostics = _diagnose(spec, u, *evaluate(u), data, model, curves, best.active_mask)
+    diagnostics["cost"] = float(best.cost)
+    metrics = sorted({str(c.info.get("metric", "given")) for c in curves})
     settings = {"skip_fraction": skip_fraction, "max_points": max_points, "starts": starts, "seed": seed,
-                "huber_delta": huber_delta, "max_nfev": max_nfev}
+                "huber_delta": huber_delta, "max_nfev": max_nfev,
+                "signal": {"metric": metrics[0] if len(metrics) == 1 else metrics,
+                           "window": max(c.window for c in curves)}}
     sources = [{"name": c.name, **c.info, "fit_points": int(d[1].size)} for c, d in zip(curves, data)]
     return FittedLaw(law, spec.to_raw(u, lr_ref), lr_ref, options, diagnostics, sources, settings)
 
@@ -325,7 +463,7 @@ def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float
 def _diagnose(spec, u, r, J, data, model, curves, active_mask) -> dict[str, Any]:
     preds = model(u, False)
     per_run = []
-    for c, (_, t, y, _), p in zip(curves, data, preds):
+    for c, (_, t, y, _, _), p in zip(curves, data, preds):
         rel = np.abs(p - y) / y
         per_run.append({"name": c.name, "points": int(y.size), "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
                         "mean_rel_err": float(rel.mean()), "max_rel_err": float(rel.max())})
@@ -349,6 +487,16 @@ def _diagnose(spec, u, r, J, data, model, curves, active_mask) -> dict[str, Any]
         undetermined = set(spec.drop_params)
         warnings.append(f"no fit run decays its LR after warmup: {', '.join(spec.drop_params)} are not determined; "
                         "forecasts of decaying schedules are guesses (fit on at least one run with a decay)")
+    longest = max(curves, key=lambda c: c.info["anneal_fraction"])
+    if decays and longest.info["anneal_fraction"] <= LONG_DECAY:
+        warnings.append(f"no fit run anneals over more than {LONG_DECAY:.0%} of its budget (the longest: "
+                        f"{longest.info['anneal_fraction']:.0%}, {longest.name}): the annealing term is not identified "
+                        "and forecasts of long decays (D2Z, 10x, cosine) drift with the decay's length; fit on a "
+                        "constant run, a cosine decay to 10% and a two-stage step decay (x0.3 at 50%) as the MPL "
+                        "authors do")
+    if rel.mean() > POOR_FIT:
+        warnings.append(f"the law does not fit its own runs: in-sample mean relative error {rel.mean():.2%} "
+                        f"(> {POOR_FIT:.0%}; max {rel.max():.2%}); its forecasts are not to be trusted")
     if n < 5 * k:
         warnings.append(f"only {n} fit points for {k} parameters")
     loose = [f"{name} (±{rs:.0%})" if math.isfinite(rs) else name for name, rs in zip(spec.params, rel_se)
@@ -363,4 +511,5 @@ def _diagnose(spec, u, r, J, data, model, curves, active_mask) -> dict[str, Any]
     return {"points": int(y.size), "rmse": float(np.sqrt(np.mean((p - y) ** 2))), "mean_rel_err": float(rel.mean()),
             "max_rel_err": float(rel.max()), "runs": per_run,
             "rel_se": {name: (float(v) if math.isfinite(v) else None) for name, v in zip(spec.params, rel_se)},
-            "condition": cond if math.isfinite(cond) else None, "decay_in_fit": decays, "warnings": warnings}
+            "condition": cond if math.isfinite(cond) else None, "decay_in_fit": decays,
+            "anneal_fraction": {c.name: c.info["anneal_fraction"] for c in curves}, "warnings": warnings}
