@@ -159,12 +159,17 @@ def _run_dirs(study: Study, out: Path, seed: int) -> Optional[list[Path]]:
     return dirs if all((d / RESULT).is_file() for d in dirs) else None
 
 
-def law_path(out: Path, law: str, seed: int) -> Path:
-    return Path(out) / "laws" / f"{law}-seed{seed}.json"
+TRAIN_WINDOW = 20  # updates per training-loss window, when the signal compared is training loss
 
 
-def _fit_if_ready(study: Study, out: Path, seed: int, law: str):
-    """The law fit on the seed's three fit runs once they have finished (cached in OUT/laws/LAW-seedN.json)."""
+def law_path(out: Path, law: str, seed: int, metric: Optional[str] = None) -> Path:
+    tag = "" if metric is None else f"-{metric}{TRAIN_WINDOW if metric == 'loss' else ''}"
+    return Path(out) / "laws" / f"{law}{tag}-seed{seed}.json"
+
+
+def _fit_if_ready(study: Study, out: Path, seed: int, law: str, metric: Optional[str] = None):
+    """The law fit on the seed's three fit runs once they have finished (cached in OUT/laws/LAW-seedN.json), on
+    ``metric`` (default: ``fit --metric auto``'s choice; another one is cached as LAW-METRIC-seedN.json)."""
     from pretrain.forecast import FittedLaw, fit_law, read_run
     from pretrain.forecast.fit import choose_metric
 
@@ -173,11 +178,11 @@ def _fit_if_ready(study: Study, out: Path, seed: int, law: str):
     dirs = _run_dirs(study, out, seed)
     if dirs is None:
         return None
-    path = law_path(out, law, seed)
+    path = law_path(out, law, seed, metric)
     if path.is_file():
         return FittedLaw.load(path, expect_law=law)
-    metric = choose_metric(dirs)
-    fitted = fit_law([read_run(d, metric, 20) for d in dirs], law, lam=None)
+    metric = metric or choose_metric(dirs)
+    fitted = fit_law([read_run(d, metric, TRAIN_WINDOW) for d in dirs], law, lam=None)
     fitted.save(path)
     return fitted
 
@@ -287,8 +292,10 @@ def report(results, out: Path, T: int) -> str:
         lines.append(f"| {name} | {sm.runs} | {pct(sm.prede)} | {pct(sm.worste)} | {pct(sm.worst_of_all)} | "
                      f"{pct(sm.final_abs_err)} | {sm.r2_pooled:.4f} |")
     lines += ["", "Authors (MPL, 25M-400M): PredE 0.11-0.17%, WorstE 0.41-0.99%, R² >= 0.997.", ""]
+    lines += _signal(results, out, seeds, laws) + [""]
 
     # where the laws err: phase and worst runs
+    where: dict[str, str] = {}
     for name in LAW_NAMES:
         sc = [(k, v[name]) for k, v in held_rows.items() if name in v]
         if not sc:
@@ -296,6 +303,8 @@ def report(results, out: Path, T: int) -> str:
         st = np.nanmedian([s.stable_prede for _, s in sc])
         de = np.nanmedian([s.decay_prede for _, s in sc])
         worst = sorted(sc, key=lambda kv: -kv[1].prede)[:3]
+        where[name] = (f"errs most {'during the decay' if de > st else 'at the peak LR'} (median PredE {pct(float(de))} "
+                       f"vs {pct(float(st))}), on " + ", ".join(f"`{k}` (final {s.final_err:+.2%})" for k, s in worst))
         lines.append(f"- {name}: median PredE at the peak LR {pct(float(st))}, during the decay {pct(float(de))}; "
                      "largest PredE: " + ", ".join(f"`{k}` {pct(s.prede)} (final {s.final_err:+.2%})" for k, s in worst))
     lines.append("")
@@ -324,9 +333,11 @@ def report(results, out: Path, T: int) -> str:
         base = summaries.get("baseline")
         tag = "MPL" if name == "mpl" else "the LR-annealing law"
         verdicts.append(stats.Verdict(f"{tag}: median PredE over held-out curves <= 0.3%", sm.prede <= BARS["prede"],
-                                      f"{pct(sm.prede)} over {sm.runs} runs, {len(seeds)} seed(s)"))
+                                      f"{pct(sm.prede)} over {sm.runs} runs, {len(seeds)} seed(s)",
+                                      "" if sm.prede <= BARS["prede"] else where.get(name, "")))
         verdicts.append(stats.Verdict(f"{tag}: median final-loss error <= 0.5%", sm.final_abs_err <= BARS["final"],
-                                      f"{pct(sm.final_abs_err)} over {sm.runs} runs"))
+                                      f"{pct(sm.final_abs_err)} over {sm.runs} runs",
+                                      "" if sm.final_abs_err <= BARS["final"] else where.get(name, "")))
         verdicts.append(stats.Verdict(f"{tag}: Spearman >= 0.8 over >= 5 held-out schedules",
                                       None if len(rank_scheds) < 5 or not math.isfinite(rho) else
                                       (rho >= BARS["spearman"] if not math.isfinite(lo) or lo >= 0 else None),
@@ -369,6 +380,36 @@ def report(results, out: Path, T: int) -> str:
     dump["_summary"] = {k: dataclasses.asdict(v) for k, v in summaries.items()}
     atomic_write_bytes(out / "forecast.json", (json.dumps(dump, indent=1, default=float) + "\n").encode())
     return "\n".join(lines) + "\n"
+
+
+def _signal(results, out: Path, seeds: list[int], laws: dict) -> list[str]:
+    """Which signal the MPL forecasts better from: validation loss, or training loss in windows of TRAIN_WINDOW
+    updates (each law scored on the held-out curves of its own signal). ``fit --metric auto``'s default rests on it."""
+    from pretrain.forecast import read_run
+    from pretrain.forecast.score import score_runs
+
+    val, train = [], []
+    for seed in seeds:
+        law_v = laws.get(("mpl", seed))
+        if law_v is None or law_v.settings.get("signal", {}).get("metric") != "val_loss":
+            continue
+        law_t = _fit_if_ready(results.study, out, seed, "mpl", "loss")
+        held = [r for r in results.select(role="held-out", seed=seed) if r.status == "done"]
+        if law_t is None or not held:
+            continue
+        val += score_runs(law_v.predict_curve, [read_run(r.run_dir, "val_loss") for r in held])[0]
+        train += score_runs(law_t.predict_curve, [read_run(r.run_dir, "loss", TRAIN_WINDOW) for r in held])[0]
+    if not val:
+        return []
+    v, t = float(np.median([x.prede for x in val])), float(np.median([x.prede for x in train]))
+    fv, ft = float(np.median([abs(x.final_err) for x in val])), float(np.median([abs(x.final_err) for x in train]))
+    better = "validation loss" if v <= t else f"training loss in windows of {TRAIN_WINDOW} updates"
+    return [f"Signal: the MPL fit on validation loss (every evaluation) forecasts its held-out curves with median PredE "
+            f"{v:.2%} (final {fv:.2%}); fit on training loss in windows of {TRAIN_WINDOW} updates, {t:.2%} (final "
+            f"{ft:.2%}) on the held-out training curves. Better here: {better}"
+            + ("; `fit --metric auto` picks validation loss when every run has >= 10 evaluations after warmup, as "
+               "these runs do." if v <= t else "; `fit --metric auto` would pick validation loss: pass "
+               "`--metric loss` on data like this.")]
 
 
 def _plot(fig, curves):

@@ -496,5 +496,6 @@ def test_the_study_report_scores_both_laws_and_the_baseline(tmp_path):
     assert "REPRODUCED** MPL: median PredE" in text and "MPL beats the trivial baseline on PredE" in text
     assert "mpl: ranking of the 5 held-out schedules of 242 updates" in text
     assert "lam = " in text and "(chosen by the fit)" in text
+    assert "Signal: the MPL fit on validation loss" in text and (out / "laws" / "mpl-loss20-seed1.json").is_file()
     assert "Optimized schedule `schedule=" in text and "seed 1:" in text
     assert (out / "forecast_curves.png").stat().st_size > 10_000

@@ -12,6 +12,11 @@ Python API::
     law.predict(lrs)            # the loss after every update of an LR sequence
     law.save("law.json"); FittedLaw.load("law.json")
     cfg, final = optimize_schedule(law, peak_lr=3e-3, max_steps=2000, warmup_steps=200, family="wsd")
+
+Recommended (issue 22): fit on a constant run, a cosine decay to 10% and a two-stage step decay (x0.3 at 50%)
+at one peak LR and budget, on validation loss evaluated every <= 25 updates (``read_run(d, "auto")``), and
+score forecasts on whole held-out curves with :mod:`pretrain.forecast.score` (PredE, WorstE, final-loss
+error, R², a trivial baseline, Spearman with an interval).
 """
 
 from .fit import FittedLaw, ForecastError, RunCurve, fit_law, read_run
