@@ -159,7 +159,7 @@ class Trainer:
         from .checkpoint import CheckpointDir
         from .resume import write_init_lineage
 
-        pass
+        model.load_state_dict(CheckpointDir(init.root).model(init.tag, self.cfg.model).state_dict())
         if self.dist.is_main:
             write_init_lineage(init, self.cfg, self.run_dir)
             print(f"initialized from the weights of {init.path} (step {init.step}); a fresh {self.cfg.optimizer.name} "

@@ -1,7 +1,10 @@
 """Continued pretraining from Hugging Face weights: ``checkpoint.init_from: hf:DIR`` (or ``model.init_from``).
 
 A tiny in-process run is exported (Llama, Phi-3, a sharded copy) and loaded back: the new run's step-0
-validation loss is the source run's final one; misfit architectures and tensors are refused by name."""
+validation loss is the source run's final one; misfit architectures and tensors are refused by name.
+
+Weights-only starts from our own checkpoints (``checkpoint.init_from: PATH``, ``checkpoint.load_optimizer_state``)
+reuse the same two-step source run: an AdamW parent, SGD children under ZeRO 1/2/3, weights compared bit for bit."""
 
 from __future__ import annotations
 
