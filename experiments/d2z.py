@@ -260,7 +260,7 @@ def grid_arms_of(s: Scale, out: Optional[Path], overrides: Sequence[str] = ()) -
 
 
 def best_lrs(scale: str, out: Path, schedules: Sequence[str], tpps: Sequence[float],
-             overrides: Sequence[str] = ()) -> dict[tuple[str, float], float]:
+             overrides: Sequence[str] = (), model: str = "") -> dict[tuple[str, float], float]:
     """(schedule, TPP) -> the bracketed best peak LR of seed 0's grid in the d2z study at ``out``, for the arms
     whose optimum is bracketed there (others are left out). Reads only finished runs; trains nothing."""
     s = scale_of(scale)
@@ -269,7 +269,7 @@ def best_lrs(scale: str, out: Path, schedules: Sequence[str], tpps: Sequence[flo
     if not tpps or not names or not Path(out).is_dir():
         return {}
     found, _ = arms(s, Path(out), overrides, schedules=names, tpps=tpps)
-    return {(a.schedule, a.tpp): a.best_lr for a in found if a.state == BRACKETED and a.model == s.models[0][0]}
+    return {(a.schedule, a.tpp): a.best_lr for a in found if a.state == BRACKETED and a.model == (model or s.models[0][0])}
 
 
 # -- report -------------------------------------------------------------------------------------------

@@ -95,8 +95,12 @@ def plan(study: Study, slots: int = 1, calibrate: bool = True) -> StudyPlan:
     projected runs (runs it will add once others finish) are priced too, apart (``StudyPlan.projected``)."""
     timings: dict[tuple, tuple[float, str]] = {}
     rows, train_tokens, note = _plan_runs(study, study.runs, slots, calibrate, timings)
-    projected = {name: _plan_runs(study, runs, slots, calibrate, timings)[0]
-                 for name, runs in getattr(study, "projected", {}).items()}
+    projected = {}
+    for name, runs in getattr(study, "projected", {}).items():
+        # their names need the runs they branch from: a study of the known runs plus these
+        whole = Study(study.name, study.config, [*study.runs, *[r for r in runs if r.label not in
+                                                                {k.label for k in study.runs}]], study.report)
+        projected[name] = _plan_runs(whole, runs, slots, calibrate, timings)[0]
     return StudyPlan(rows, note, train_tokens, projected, max(1, slots))
 
 
@@ -201,16 +205,20 @@ def table(study_plan: StudyPlan) -> str:
     """The dry run's table, one line per run."""
     head = (f"{'run':44} {'key':12} {'params':>8} {'steps':>6} {'tokens':>8} {'TPP':>6} {'FLOPs':>8} "
             f"{'aT':>6} {'c_T0':>8} {'epochs':>6} {'time':>7}")
-    lines = [head, "-" * len(head)]
-    for r in study_plan.runs:
-        epochs = f"{r.epochs:.2f}" if r.epochs is not None else "?"
-        seconds = "?" if r.seconds is None or math.isnan(r.seconds) else duration(r.seconds)
-        branch = f" <- {r.spec.parent}@{r.spec.branch_step}" if r.spec.parent else ""
-        lines.append(
-            f"{(r.spec.label + branch)[:44]:44} {r.key:12} {r.params / 1e6:7.2f}M {r.steps:6d} {r.tokens / 1e6:7.2f}M "
-            f"{r.tpp:6.1f} {r.flops:8.2e} {r.alpha_T:6.2f} {r.c_T0:8.2e} {epochs:>6} {seconds:>7}"
-        )
+    lines = [head, "-" * len(head)] + [_row(r) for r in study_plan.runs]
+    for name, runs in list(study_plan.projected.items())[:1]:  # the first (expected) list: runs the study will add
+        if runs:
+            lines.append(f"-- projected ({name}): runs the study adds once the runs above have finished --")
+            lines += [_row(r) for r in runs]
     return "\n".join(lines)
+
+
+def _row(r: RunPlan) -> str:
+    epochs = f"{r.epochs:.2f}" if r.epochs is not None else "?"
+    seconds = "?" if r.seconds is None or math.isnan(r.seconds) else duration(r.seconds)
+    branch = f" <- {r.spec.parent}@{r.spec.branch_step}" if r.spec.parent else ""
+    return (f"{(r.spec.label + branch)[:44]:44} {r.key:12} {r.params / 1e6:7.2f}M {r.steps:6d} {r.tokens / 1e6:7.2f}M "
+            f"{r.tpp:6.1f} {r.flops:8.2e} {r.alpha_T:6.2f} {r.c_T0:8.2e} {epochs:>6} {seconds:>7}")
 
 
 def duration(seconds: float) -> str:

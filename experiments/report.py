@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import math
 import platform
-from pathlib import Path  # noqa: F401  (annotations)
+from pathlib import Path
 
 from .estimate import StudyPlan, duration
 from .runner import StudyResults
@@ -37,6 +37,7 @@ def write_report(results: StudyResults, plan: StudyPlan) -> Path:
         f"Training wall time, summed over runs: {duration(wall)} (runs in parallel slots overlap). "
         f"Data: {plan.data_note}",
         "Every comparison is paired: runs with the same seed share their initialization and data order.",
+        _corpus(study),
         "",
     ]
     lines += [f"- Note: {n}" for n in study.notes]
@@ -53,6 +54,19 @@ def write_report(results: StudyResults, plan: StudyPlan) -> Path:
 
     atomic_write_bytes(path, ("\n".join(lines).rstrip() + "\n").encode())
     return path
+
+
+def _corpus(study) -> str:
+    """The corpus line (:func:`experiments.corpus.corpus_line`): its sha256 and token counts, and whether it is the
+    committed results' corpus."""
+    from .corpus import corpus_line
+
+    if not study.runs:
+        return "Corpus: no runs."
+    path = study.load_config(study.runs[0]).data.path
+    if "://" in path:
+        return f"Corpus `{path}`: remote, no fingerprint."
+    return corpus_line(Path(path))
 
 
 def fmt_loss(x: float, digits: int = 4) -> str:

@@ -52,6 +52,7 @@ class Scale:
     wsm_durations: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)  # merge windows, fractions of the main run
     wsm_points: int = 100  # checkpoints per merge window (every ~1% of it), its first step included
     tune: bool = True
+    d2z_model: str = ""  # the d2z study's model (its Scale.models name) whose optima this study uses
     extra: tuple[str, ...] = ()
 
 
@@ -60,7 +61,7 @@ SCALES = {
     "tiny": Scale(REPO / "configs/studies/cpu.yaml", seeds=1, tpps=(0.06,), wsm_durations=(0.4,), wsm_points=4,
                   tune=False, extra=("train.global_batch_size=4", "train.micro_batch_size=4")),
     # The D2Z paper's WSD comparison: 617M at 80 TPP, cooldowns over the last 20% (it used 22.5%).
-    "full": Scale(REPO / "configs/mup_111m.yaml", seeds=1, tpps=(20.0, 40.0, 80.0), wsm_points=20,
+    "full": Scale(REPO / "configs/mup_111m.yaml", seeds=1, tpps=(20.0, 40.0, 80.0), wsm_points=20, d2z_model="617M",
                   extra=("model.preset=mup-617m", "train.global_batch_size=504", "eval.max_samples=537109")),
 }
 
@@ -124,7 +125,7 @@ def choose_lrs(s: Scale, scale: str, out: Optional[Path], overrides: Sequence[st
                         [], False)
     ds = d2z.scale_of(scale)
     d2z_out = Path(out).parent / f"d2z-{scale}"
-    found = d2z.best_lrs(scale, d2z_out, TUNED, ds.tpps, overrides)
+    found = d2z.best_lrs(scale, d2z_out, TUNED, ds.tpps, overrides, model=s.d2z_model)
 
     def lr_at(name: str, tpp: float) -> Optional[float]:
         if (name, tpp) in found:
@@ -141,7 +142,8 @@ def choose_lrs(s: Scale, scale: str, out: Optional[Path], overrides: Sequence[st
         return LRChoice(main, planned, f"the bracketed optima of the d2z study in {d2z_out} (seed 0's grid; a budget "
                         "between two tuned ones takes the grid LR at their geometric mean)", [], False)  # type: ignore[arg-type]
     # A small bracket of this study's own: d2z's seed-0 grid at the largest budget for WSD, Linear-D2Z, Linear-10x
-    own = dataclasses.replace(ds, seeds=1, tpps=(top,), schedules=TUNED, models=(ds.models[0],))
+    own = dataclasses.replace(ds, seeds=1, tpps=(top,), schedules=TUNED,
+                              models=tuple(m for m in ds.models if m[0] == s.d2z_model) or (ds.models[0],))
     arms, runs = d2z.arms(own, Path(out), overrides)
     probes = [dataclasses.replace(r, label=f"lr-probe/{r.label}", params={**r.params, "role": "lr-probe"})
               for r in runs]

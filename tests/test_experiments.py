@@ -70,6 +70,7 @@ def test_d2z_tiny_runs_reports_and_reuses_finished_runs(tiny_data, tmp_path, cap
     report = (out / "report.md").read_text()
     assert "Delta = (L Linear-10x - L Linear-D2Z)" in report and "### Verdicts" in report
     assert "paired t over 2 seeds" in report  # the tiny grid is fixed (one LR): its arms sit at the edge
+    assert f"Corpus `{tiny_data}`: sha256 " in report and "differs from the committed results' corpus" in report
     assert "**INCONCLUSIVE** 10x is no worse" in report and "Linear-10x at 0.05 TPP is capped" in report
     curves = (out / "curves.csv").read_text().splitlines()
     assert curves[0] == "key,parent,step,loss,val_loss,lr" and len(curves) > 4
@@ -340,3 +341,83 @@ def test_wsd_takes_each_arms_lr_from_the_d2z_optima(tmp_path):
     study = build_study("wsd", "cpu", out=tmp_path / "elsewhere" / "wsd-cpu")
     assert study.dynamic and {r.params["role"] for r in study.runs} == {"lr-probe"}
     assert len(study.projected["expected"]) == 3 * 21  # the arms, priced by the dry run until the LRs are known
+
+
+# ---------------------------------------------------------------- the pinned study corpus
+def _fake_dist(root: Path, name: str, version: str, module: str) -> None:
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nAbout {name}.\n")
+    (root / module).mkdir()
+    (root / module / "__init__.py").write_text(f'"""The {module} package: a docstring to read."""\n')
+    (info / "RECORD").write_text(f"{module}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n"
+                                 f"../../../bin/{module},,\n")
+
+
+def test_pinned_corpus_selects_only_pinned_distributions_at_their_versions(tmp_path):
+    from experiments.corpus import CorpusError, installed, main, read_pins, select, stage
+
+    pins = read_pins(ROOT / "constraints.txt")
+    assert pins["torch"] and pins["mosaicml-streaming"] and "mosaicml_streaming" not in pins  # PEP 503 names
+    bad = tmp_path / "c.txt"
+    bad.write_text("# comment\nfoo==1.0\nbar>=2\n")
+    with pytest.raises(CorpusError, match=r"c.txt:3: 'bar>=2': expected NAME==VERSION"):
+        read_pins(bad)
+    bad.write_text("Foo==1.0\nfoo==1.1\n")
+    with pytest.raises(CorpusError, match="c.txt:2: foo is pinned twice"):
+        read_pins(bad)
+
+    site = tmp_path / "site-packages"
+    _fake_dist(site, "Alpha_Pkg", "1.0", "alpha")
+    _fake_dist(site, "beta", "2.0", "beta")
+    _fake_dist(site, "gamma", "3.0", "gamma")  # installed, not pinned: never in the corpus
+    found = installed([site])
+    assert set(found) == {"alpha-pkg", "beta", "gamma"} and found["alpha-pkg"].top_level[0] == "alpha"
+    sel = select({"alpha-pkg": "1.0", "beta": "2.1", "delta": "4.0"}, found)
+    assert [d.name for d in sel.selected] == ["alpha-pkg", "beta"] and not sel.ok
+    assert sel.problems() == ["delta==4.0 is pinned but not installed", "beta is pinned at 2.1 but 2.0 is installed"]
+    ok = select({"alpha-pkg": "1.0", "beta": "2.0"}, found)
+    assert ok.ok
+    staged = stage(ok, tmp_path / "data" / "pinned-site")
+    assert sorted(p.name for p in staged.iterdir()) == ["Alpha_Pkg-1.0.dist-info", "alpha", "beta", "beta-2.0.dist-info"]
+    assert all(p.is_symlink() for p in staged.iterdir())
+    from data_prep.corpus import site_sources
+
+    assert sorted(n for n, _ in site_sources([staged]).distributions) == ["alpha-pkg", "beta"]
+    assert stage(ok, staged) == staged  # an earlier stage is replaced
+    with pytest.raises(ValueError, match="site-packages"):
+        stage(ok, site / "inside")  # never inside what it links to
+    (tmp_path / "notastage").mkdir()
+    (tmp_path / "notastage" / "file.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        stage(ok, tmp_path / "notastage")
+    assert (tmp_path / "notastage" / "file.txt").read_text() == "mine"
+
+    pinned = tmp_path / "pins.txt"
+    pinned.write_text("alpha-pkg==1.0\nbeta==2.1\n")
+    out = tmp_path / "refused"
+    assert main(["stage", "--constraints", str(pinned), "--out", str(out), "--site-packages", str(site)]) == 2
+    assert not out.exists()  # refused work writes nothing
+    assert main(["stage", "--constraints", str(pinned), "--out", str(out), "--site-packages", str(site),
+                 "--allow-mismatch"]) == 0 and (out / "beta").is_symlink()
+
+
+def test_corpus_fingerprint_and_the_reports_corpus_line(tiny_data, tmp_path, capsys):
+    from experiments.corpus import corpus_line, fingerprint, main
+
+    fp = fingerprint(tiny_data)
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    assert fp["train_tokens"] == manifest["splits"]["train"]["tokens"] and len(fp["sha256"]) == 64
+    assert fingerprint(tiny_data) == fp
+    committed = tmp_path / "corpus.json"
+    assert main(["fingerprint", str(tiny_data), "--write", str(committed), "--pins", str(ROOT / "constraints.txt")]) == 0
+    assert f"corpus sha256 {fp['sha256']}" in capsys.readouterr().out
+    saved = json.loads(committed.read_text())
+    assert saved["sha256"] == fp["sha256"] and saved["python"] and saved["pins"]["torch"]
+    assert "The same corpus as the committed results'" in corpus_line(tiny_data, committed)
+    committed.write_text(json.dumps({"sha256": "0" * 64, "train_tokens": 25_500_000}))
+    line = corpus_line(tiny_data, committed)
+    assert "differs from the committed results' corpus" in line and "25,500,000" in line
+    assert f"{fp['train_tokens']:,} training" in line
+    assert "no fingerprint" in corpus_line(tmp_path, committed)
+    assert main(["fingerprint", str(tiny_data), "--write", str(tiny_data / "corpus.json")]) == 2  # never inside an input
