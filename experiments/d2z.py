@@ -362,7 +362,8 @@ def report(results, out: Path, s: Scale, grid_arms: list[Arm]) -> str:
             lines += ["", "Optimum (seed 0's grid; bold above): " + "; ".join(
                 f"{n} {by[(model, tpp, n)].state}" + (f" at {by[(model, tpp, n)].best_lr:.3g}"
                                                      if by[(model, tpp, n)].best_lr else "") for n in names), ""]
-            arm = lambda n: by.get((model, tpp, n))  # noqa: E731
+            def arm(n: str, model: str = model, tpp: float = tpp) -> Optional[Arm]:
+                return by.get((model, tpp, n))
             if arm("Linear-D2Z") and arm("Linear-10x"):
                 est = gap_estimate(results, arm("Linear-10x"), arm("Linear-D2Z"), seeds)
                 vert = gap_estimate(results, arm("Linear-10x"), arm("Linear-D2Z"), seeds, vertex=True)
@@ -400,7 +401,7 @@ def _verdicts(results, s: Scale, by: dict, seeds, deltas, const):
         d = {tpp: deltas[(model, tpp)] for tpp in s.tpps if (model, tpp) in deltas}
         prefix = f"{model}: " if model else ""
 
-        def why(*tpps):
+        def why(*tpps, model: str = model):
             return _no_verdict([by[(model, t, n)] for t in tpps for n in ("Linear-D2Z", "Linear-10x")])
 
         hi_tpp = max((t for t in d if t >= 10), default=None)
@@ -435,7 +436,7 @@ def _paired_values(results, by, model, tpp, seeds) -> list[float]:
 
 def _plot(fig, panels):
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
-    for ax, (title, lrs, means) in zip(axes, panels):
+    for ax, (title, lrs, means) in zip(axes, panels, strict=False):
         for name, m in means.items():
             ax.plot(lrs, m, marker="o", ms=3, label=name)
         ax.set_xscale("log", base=2)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
-
-import numpy as np
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import build_study
@@ -280,7 +279,7 @@ def test_wsm_windows_include_their_first_step_every_percent():
     from experiments.wsd import merge_window, uniform_steps
 
     w = merge_window(818, 0.4, 100)
-    assert w[0] == 818 - 327 and w[-1] == 818 and all(b - a == 3 for a, b in zip(w, w[1:-1]))  # ~1% of 327
+    assert w[0] == 818 - 327 and w[-1] == 818 and all(b - a == 3 for a, b in zip(w, w[1:-1], strict=False))  # ~1% of 327
     assert len(merge_window(818, 0.05, 100)) == 42  # 41 updates: every step, first included
     assert uniform_steps(818, 0.2) == [695, 736, 777, 818]  # today's merge: the window's first step left out
     with pytest.raises(ValueError):
@@ -317,7 +316,6 @@ def test_wsd_compute_saved_counts_one_cooldown_shape():
 
 def test_wsd_takes_each_arms_lr_from_the_d2z_optima(tmp_path):
     """The wsd study reads the d2z study's bracketed optima beside it; 10 TPP takes the grid LR between 5 and 20."""
-    import experiments.d2z as D
     from experiments.wsd import SCALES, choose_lrs
 
     d2z_study = build_study("d2z", "cpu", out=tmp_path / "d2z-cpu")
