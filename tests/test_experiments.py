@@ -35,7 +35,7 @@ def test_run_names_hash_what_determines_the_result():
     assert {r.label: again.key(r) for r in again.runs} == keys  # where it writes does not name it
     other = build_study("d2z", "tiny", overrides=["optimizer.weight_decay=0.2"])
     assert all(other.key(r) != keys[r.label] for r in other.runs)
-    skip = build_study("skiplr", "tiny")
+    skip = build_study("skiplr", "tiny", variant="scratch")  # the pretrained variant's branches appear as it runs
     phi3 = next(r for r in skip.runs if r.params["role"] == "phi3")
     phi2 = next(r for r in skip.runs if r.params["role"] == "phi2" and r.params["seed"] == phi3.params["seed"])
     assert phi3.overrides == phi2.overrides and skip.key(phi3) != skip.key(phi2)  # the branch point names it
@@ -83,7 +83,7 @@ def test_d2z_tiny_runs_reports_and_reuses_finished_runs(tiny_data, tmp_path, cap
 
 def test_skiplr_killed_mid_study_resumes_without_redoing_finished_runs(tiny_data, tmp_path):
     out = tmp_path / "skiplr"
-    args = ["skiplr", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}",
+    args = ["skiplr", "--variant", "scratch", "--scale", "tiny", "--out", str(out), "--set", f"data.path={tiny_data}",
             "--set", "eval.max_samples=16", "--no-calibrate"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "experiments", *args, "--slots", "2"], cwd=ROOT, env=env,
@@ -110,7 +110,7 @@ def test_skiplr_killed_mid_study_resumes_without_redoing_finished_runs(tiny_data
         lineage = json.loads((Path(r["run_dir"]) / "lineage.json").read_text())
         assert "step_00000010" in json.dumps(lineage)
     report = (out / "report.md").read_text()
-    assert "placebo: Phi1 vs Phi2" in report and "Trans.%" in report
+    assert "Pilot (seed 0)" in report and "Gate:" in report  # the scratch variant's report (tests/test_skiplr.py: its tables)
 
 
 def test_wsd_tiny_branches_cooldowns_and_merges(tiny_data, tmp_path):
@@ -138,14 +138,17 @@ def test_wsd_tiny_branches_cooldowns_and_merges(tiny_data, tmp_path):
 
 
 def test_emit_slurm_writes_one_array_per_wave(tmp_path):
-    assert experiments_main(["skiplr", "--scale", "full", "--seeds", "2", "--emit-slurm", "--out", str(tmp_path)]) == 0
+    assert experiments_main(["wsd", "--scale", "tiny", "--seeds", "2", "--emit-slurm", "--no-calibrate",
+                             "--out", str(tmp_path)]) == 0
     waves = sorted((tmp_path / "slurm").glob("wave*.txt"))
     assert [w.name for w in waves] == ["wave0.txt", "wave1.txt"]
-    assert len(waves[0].read_text().splitlines()) == 4 and len(waves[1].read_text().splitlines()) == 2
+    # wave 0: each seed's main run and its 2 planned runs; wave 1: its 2 cooldowns and 2 WSM cooldowns
+    assert len(waves[0].read_text().splitlines()) == 6 and len(waves[1].read_text().splitlines()) == 8
     assert all("checkpoint.branch_from=" in line for line in waves[1].read_text().splitlines())
-    assert all("checkpoint.permanent=[2500]" in l for l in waves[0].read_text().splitlines() if "optimizer.lr=1e-06" in l)
+    mains = [line for line in waves[0].read_text().splitlines() if "schedule.name=constant" in line]
+    assert len(mains) == 2 and all("checkpoint.permanent=[" in line for line in mains)
     script = (tmp_path / "slurm" / "wave1.sbatch").read_text()
-    assert "#SBATCH --array=0-1" in script and "slurm_pretrain.sbatch" in script and "--requeue" in script
+    assert "#SBATCH --array=0-7" in script and "slurm_pretrain.sbatch" in script and "--requeue" in script
     submit = (tmp_path / "slurm" / "submit.sh").read_text()
     assert submit.count("sbatch --parsable") == 2 and "afterok" in submit
     res = subprocess.run(["bash", "-n", str(tmp_path / "slurm" / "wave0.sbatch")], capture_output=True)
