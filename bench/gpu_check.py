@@ -60,10 +60,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
@@ -132,12 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def out_dir(arg: Optional[str], env: Optional[dict] = None) -> Path:
+def out_dir(arg: str | None, env: dict | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(arg or env.get("OUT") or "gpu_check_out")
 
 
-def precheck(cuda_available: bool, cpu_smoke: bool) -> Optional[tuple[int, str]]:
+def precheck(cuda_available: bool, cpu_smoke: bool) -> tuple[int, str] | None:
     """(exit code, message) when the check cannot run here, else None."""
     if cpu_smoke or cuda_available:
         return None
@@ -171,7 +172,7 @@ class ModelSpec:
                 "tokens/update")
 
 
-def model_specs(cpu_smoke: bool = False, micro_batch: Optional[int] = None, accum: Optional[int] = None) -> list[ModelSpec]:
+def model_specs(cpu_smoke: bool = False, micro_batch: int | None = None, accum: int | None = None) -> list[ModelSpec]:
     """The throughput models: a ~1B GPT and a 4-layer Phi-3-mini (both: the tiny preset in the smoke run)."""
     from pretrain.model.config import GPTConfig
     from pretrain.model.presets import get_preset
@@ -192,7 +193,7 @@ def model_specs(cpu_smoke: bool = False, micro_batch: Optional[int] = None, accu
             ModelSpec("phi3-mini-4l", phi3, 4096, micro_batch or 2, "preset phi3-mini with 4 of its 32 layers", accum or 4)]
 
 
-def zero3_spec(cpu_smoke: bool = False, accum: Optional[int] = None) -> ModelSpec:
+def zero3_spec(cpu_smoke: bool = False, accum: int | None = None) -> ModelSpec:
     """The Phi-3 config's path: ZeRO-3 (ds_configs/zero3.json) with activation checkpointing, on the 4-layer Phi-3."""
     spec = copy.deepcopy(model_specs(cpu_smoke, accum=accum)[1])
     spec.gpt.activation_checkpointing = True
@@ -200,7 +201,7 @@ def zero3_spec(cpu_smoke: bool = False, accum: Optional[int] = None) -> ModelSpe
     return spec
 
 
-def mup_alibi_spec(cpu_smoke: bool = False, accum: Optional[int] = None) -> ModelSpec:
+def mup_alibi_spec(cpu_smoke: bool = False, accum: int | None = None) -> ModelSpec:
     """A muP model with ALiBi (the D2Z family, mup-617m): no flash kernel (its additive bias), not under a floor."""
     from pretrain.model.config import MuPConfig
     from pretrain.model.presets import get_preset
@@ -236,8 +237,8 @@ class Plan:
     models: list[ModelSpec]
     aux: ModelSpec
     checks: list[str]
-    zero3: Optional[ModelSpec] = None
-    mup: Optional[ModelSpec] = None
+    zero3: ModelSpec | None = None
+    mup: ModelSpec | None = None
 
 
 def make_plan(args) -> Plan:
@@ -289,7 +290,7 @@ class CheckResult:
         return f"{'PASS' if self.ok else 'FAIL'} {self.name}: {self.detail}"
 
 
-def mfu(flops_per_step: float, step_s: float, peak_flops: Optional[float]) -> Optional[float]:
+def mfu(flops_per_step: float, step_s: float, peak_flops: float | None) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the peak; None without a peak."""
     if not peak_flops or not step_s > 0:
         return None
@@ -312,7 +313,7 @@ def floor_check(results: list[CheckResult], floor: float, model: str = MAIN_MODE
 
 
 def verdict(results: list[CheckResult], mfu_floor: float, apply_floor: bool = True,
-            mfu_floor_compiled: Optional[float] = None) -> tuple[int, list[CheckResult]]:
+            mfu_floor_compiled: float | None = None) -> tuple[int, list[CheckResult]]:
     """(exit code, the results with the MFU-floor checks added when they apply).
 
     The eager floor follows the last eager throughput check; the compiled floor (when ``mfu_floor_compiled`` is
@@ -362,7 +363,7 @@ def format_summary(results: list[CheckResult], meta: dict, code: int) -> str:
     return "\n".join(lines)
 
 
-def summary_dict(results: list[CheckResult], meta: dict, code: Optional[int], running: Optional[str] = None) -> dict:
+def summary_dict(results: list[CheckResult], meta: dict, code: int | None, running: str | None = None) -> dict:
     """The JSON summary; written after every check (``complete`` false, ``running`` the next check) and at the end."""
     return {"exit_code": code, "passed": code == EXIT_OK, "complete": code is not None, "running": running,
             "meta": meta, "checks": [asdict(r) for r in results]}
@@ -385,7 +386,7 @@ def parse_nvidia_smi(text: str) -> dict:
     if len(values) != len(keys):
         return {}
     out: dict = {}
-    for k, v in zip(keys, values):
+    for k, v in zip(keys, values, strict=True):
         if k in ("name", "driver"):
             out[k] = v
             continue
@@ -402,8 +403,8 @@ class CheckFailed(Exception):
     """A check's condition does not hold (the message says which)."""
 
 
-def run_check(name: str, fn: Callable[[], tuple[str, dict]], cleanup: Callable[[], Optional[dict]] = lambda: None,
-              watchdog_s: Optional[float] = None) -> CheckResult:
+def run_check(name: str, fn: Callable[[], tuple[str, dict]], cleanup: Callable[[], dict | None] = lambda: None,
+              watchdog_s: float | None = None) -> CheckResult:
     """Run ``fn`` (returns detail, figures); an exception makes a FAIL result. Prints the PASS/FAIL line.
 
     ``cleanup`` runs after it either way; a dict it returns joins the figures. ``watchdog_s``: past that many
@@ -451,7 +452,7 @@ class Context:
         self.sdpa_name = "default"
         self.engines: list = []  # destroyed after each check
         self.eager_losses: dict[str, list[float]] = {}
-        self.peak: Optional[float] = None
+        self.peak: float | None = None
         self.peak_why = ""
 
     @property
@@ -468,7 +469,7 @@ class Context:
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def cleanup(self) -> Optional[dict]:
+    def cleanup(self) -> dict | None:
         """Destroy the check's engines (DeepSpeed's hooks would keep their models alive), collect, and report the
         GPU memory still allocated (it should be ~0: what one check leaves, the next one's peak measures)."""
         destroyed = 0
@@ -512,13 +513,11 @@ class Context:
         shape = (spec.micro_batch, spec.seq_len + 1)
         return [self.torch.randint(0, spec.gpt.vocab_size, shape, generator=gen).to(self.device) for _ in range(n)]
 
-    def make_ours(self, model, spec: ModelSpec, compile_backend: Optional[str] = None, ds_path: Path = DS_JSON):
+    def make_ours(self, model, spec: ModelSpec, compile_backend: str | None = None, ds_path: Path = DS_JSON):
         """(train_throughput.Side, engine): main.py's optimizer, engine and step on ``model``."""
         from bench.train_throughput import Side
-
-        from pretrain.optim import OptimizerConfig
+        from pretrain.optim import OptimizerConfig, set_lr
         from pretrain.trainer import build_engine
-        from pretrain.optim import set_lr
         from pretrain.training.step import train_step
 
         opt_cfg = OptimizerConfig(lr=self.args.lr)
@@ -659,7 +658,7 @@ def check_distributed(ctx: Context) -> tuple[str, dict]:
 SDPA_CANDIDATES = ("cudnn", "flash", "efficient")  # in order of preference at equal speed (cuDNN first on sm90)
 
 
-def pick_sdpa(timings: dict[str, Optional[float]], correct: dict[str, bool]) -> Optional[str]:
+def pick_sdpa(timings: dict[str, float | None], correct: dict[str, bool]) -> str | None:
     """The fastest backend that ran and agreed with the math backend; ties go to the earlier in SDPA_CANDIDATES."""
     ok = [(timings[n], SDPA_CANDIDATES.index(n), n) for n in SDPA_CANDIDATES
           if timings.get(n) is not None and correct.get(n)]
@@ -691,7 +690,7 @@ def check_sdpa(ctx: Context, reps: int = 5) -> tuple[str, dict]:
 
     ref = run(backends["math"])
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
-    timings: dict[str, Optional[float]] = {}
+    timings: dict[str, float | None] = {}
     correct: dict[str, bool] = {}
     diffs: dict[str, Any] = {}
     for name in SDPA_CANDIDATES:
@@ -721,7 +720,7 @@ def check_sdpa(ctx: Context, reps: int = 5) -> tuple[str, dict]:
     return f"fwd+bwd at {list(shape)} {str(dtype)[6:]}, causal: {shown}; using {chosen}", figures
 
 
-def planned_peak_gib(ctx: Context, spec: ModelSpec, ds_path: Path) -> Optional[float]:
+def planned_peak_gib(ctx: Context, spec: ModelSpec, ds_path: Path) -> float | None:
     """pretrain.plan's allocated peak for this step on one device (None when it cannot say), to compare with the measure."""
     try:
         from pretrain.config_loader import to_dict
@@ -747,6 +746,7 @@ def planned_peak_gib(ctx: Context, spec: ModelSpec, ds_path: Path) -> Optional[f
 
 def check_throughput(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
     import torch
+
     from bench.train_throughput import PhaseTimer, Setup, make_bare, run_rounds
 
     plan, sync, device = ctx.plan, ctx.sync, ctx.device
@@ -774,7 +774,7 @@ def check_throughput(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
     ours.step = bare.step = None
     ctx.eager_losses[spec.name] = list(ours.losses)
     t_ours, t_bare = statistics.median(ours.times), statistics.median(bare.times)
-    ratios = [o / b for o, b in zip(ours.times, bare.times)]
+    ratios = [o / b for o, b in zip(ours.times, bare.times, strict=True)]
     value = mfu(spec.flops_per_step, t_ours, ctx.peak)
     figures = {
         "model": spec.describe(), "params": spec.gpt.num_params(), "tokens_per_step": spec.tokens_per_step,
@@ -807,8 +807,8 @@ def _failed(message: str, figures: dict) -> CheckFailed:
     return e
 
 
-def check_ours(ctx: Context, spec: ModelSpec, ds_path: Path = DS_JSON, compile_backend: Optional[str] = None,
-               use_sdpa: bool = True, steps: Optional[int] = None, warmup: Optional[int] = None) -> tuple[str, dict]:
+def check_ours(ctx: Context, spec: ModelSpec, ds_path: Path = DS_JSON, compile_backend: str | None = None,
+               use_sdpa: bool = True, steps: int | None = None, warmup: int | None = None) -> tuple[str, dict]:
     """Our step alone on ``spec`` (no bare twin): warm-up updates (the compilation, with ``compile_backend``), then
     timed ones; tokens/s, MFU, peak memory against the plan's. With ``compile_backend`` its first loss must match
     the eager throughput check's (the same weights and batch)."""
@@ -918,7 +918,7 @@ def check_checkpoint(ctx: Context, spec: ModelSpec) -> tuple[str, dict]:
 
 # ---- main -----------------------------------------------------------------------------------
 
-def run_all(args, plan: Plan, summary_path: Optional[Path] = None) -> tuple[list[CheckResult], dict]:
+def run_all(args, plan: Plan, summary_path: Path | None = None) -> tuple[list[CheckResult], dict]:
     """Every check in order, each under the watchdog; the summary so far is written before and after each one."""
     import logging
 

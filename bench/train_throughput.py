@@ -72,9 +72,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -307,7 +308,7 @@ class PhaseTimer:
 class Side:
     name: str  # "ours" / "bare" / "bare-bf16"
     desc: str
-    step: Optional[Callable[[list, int], tuple[float, float]]]  # (micro-batches, global step) -> (loss, grad norm)
+    step: Callable[[list, int], tuple[float, float]] | None  # (micro-batches, global step) -> (loss, grad norm)
     times: list[float] = field(default_factory=list)  # per-step seconds, one entry per round
     losses: list[float] = field(default_factory=list)  # warm-up losses (sanity check: same model, same data)
     norms: list[float] = field(default_factory=list)  # warm-up grad norms before clipping
@@ -539,7 +540,7 @@ def measure(args, setup: Setup, mode: str, dist, schedule_for) -> Result:
 # ---- reporting ------------------------------------------------------------------------------
 
 
-def peak_flops(args, device: str) -> tuple[Optional[float], str]:
+def peak_flops(args, device: str) -> tuple[float | None, str]:
     if args.peak_tflops:
         return args.peak_tflops * 1e12, f"MFU against --peak-tflops {args.peak_tflops:g}"
     if not device.startswith("cuda"):
@@ -578,7 +579,7 @@ def report(results: list[Result], args, device: str) -> list[str]:
             if mfu:
                 row += f" {flops_step / med / peak:6.1%}"
             if side is not ours:
-                ratios = [o / b for o, b in zip(ours.times, side.times)]
+                ratios = [o / b for o, b in zip(ours.times, side.times, strict=True)]
                 row += (f"  {m_ours / med:9.3f} {f'({min(ratios):.3f}..{max(ratios):.3f})':>13} {_med(ratios):6.3f} "
                         f"{(m_ours - med) * 1e3:+12.2f}")
                 if s.label == "minimal" and side.name == "bare":
@@ -590,7 +591,7 @@ def report(results: list[Result], args, device: str) -> list[str]:
                              + " ".join(f"{t * 1e3:.1f}" for t in side.times))
         if ours.losses:
             bare = res.sides[1]
-            diff = max(abs(a - b) for a, b in zip(ours.losses, bare.losses))
+            diff = max(abs(a - b) for a, b in zip(ours.losses, bare.losses, strict=True))
             lines.append(f"{'':4}  {'':8} check, warm-up: loss ours {_fmt(ours.losses)} bare {_fmt(bare.losses)} "
                          f"max|diff| {diff:.1e}; grad norm ours {_fmt(ours.norms)} bare {_fmt(bare.norms)}"
                          + (" (bf16 rounding differs)" if res.mode == "bf16" else ""))
@@ -615,9 +616,9 @@ def report(results: list[Result], args, device: str) -> list[str]:
     for res in results:
         ours, bare = res.sides[0], res.sides[1]
         m_o, m_b = _med(ours.times), _med(bare.times)
-        ratios = [o / b for o, b in zip(ours.times, bare.times)]
+        ratios = [o / b for o, b in zip(ours.times, bare.times, strict=True)]
         if res.setup.label == "minimal":
-            diffs = [(o - b) * 1e3 for o, b in zip(ours.times, bare.times)]
+            diffs = [(o - b) * 1e3 for o, b in zip(ours.times, bare.times, strict=True)]
             lines.append(f"[{res.mode}] fixed per-step overhead (minimal model): {(m_o - m_b) * 1e3:+.2f} ms "
                          f"(ours {m_o * 1e3:.2f} ms, bare {m_b * 1e3:.2f} ms; "
                          f"per round {min(diffs):+.2f}..{max(diffs):+.2f} ms)")
@@ -633,7 +634,7 @@ def report(results: list[Result], args, device: str) -> list[str]:
             comp = next((side for side in res.sides if side.name == "ours+comp"), None)
             if comp is not None:
                 m_c = _med(comp.times)
-                c_ratios = [c / b for c, b in zip(comp.times, bare.times)]
+                c_ratios = [c / b for c, b in zip(comp.times, bare.times, strict=True)]
                 verdict = "meets" if m_c / m_b <= TARGET_COMPILED else "MISSES"
                 lines.append(f"[{res.mode}] {res.setup.label} compiled: ours+compile/bare eager = {m_c / m_b:.3f} "
                              f"(rounds {min(c_ratios):.3f}..{max(c_ratios):.3f}): {verdict} the <= "

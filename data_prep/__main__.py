@@ -6,8 +6,8 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from pretrain.outputs import OutputError
 
@@ -57,7 +57,7 @@ def _sources(text: str) -> tuple[str, ...]:
     return tuple(n for n in SOURCES if n in names)
 
 
-def _mb_cap(text: str) -> Optional[float]:
+def _mb_cap(text: str) -> float | None:
     """A size in MB; 0 or 'none': no cap."""
     if text.strip().lower() in ("0", "none"):
         return None
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seq-len", required=True, type=_positive_int, help="model context length (samples hold seq_len+1 tokens)")
     k.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
     k.add_argument("--workers", type=_positive_int, default=None,
-                   help="worker processes (default: all cores, here %d); does not change the output" % _cores())
+                   help=f"worker processes (default: all cores, here {_cores()}); does not change the output")
     k.add_argument("--shard-size-limit", type=_size, default=1 << 26, metavar="BYTES",
                    help="uncompressed bytes per MDS shard, e.g. 64m (default 64m)")
     k.add_argument("--compression", choices=("zstd", "none"), default="zstd")
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,

@@ -61,9 +61,9 @@ import os
 import re
 import sysconfig
 import textwrap
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Optional, Union
 
 from pretrain.outputs import staged_dir
 
@@ -113,19 +113,19 @@ _NON_DOC_RE = re.compile(
 @dataclass(frozen=True)
 class DemoCorpusConfig:
     output: Path
-    max_mb: Optional[float] = None  # cap on total UTF-8 text size, in MB (10**6 bytes)
+    max_mb: float | None = None  # cap on total UTF-8 text size, in MB (10**6 bytes)
     docs_per_file: int = 256
     num_chunks: int = 2  # files are dealt round-robin to train/chunk1..chunkN
-    stdlib_dir: Optional[Path] = None  # default: sysconfig.get_paths()["stdlib"]
+    stdlib_dir: Path | None = None  # default: sysconfig.get_paths()["stdlib"]
     zstd_level: int = 10
     sources: tuple[str, ...] = ("stdlib",)  # a subset of SOURCES
     # site-packages roots of the "packages" source; default: the running interpreter's
     # sysconfig purelib and platlib
-    site_packages: Optional[tuple[Path, ...]] = None
-    dedup: Optional[bool] = None  # default: on exactly when "packages" is a source
+    site_packages: tuple[Path, ...] | None = None
+    dedup: bool | None = None  # default: on exactly when "packages" is a source
     # cap on the text taken from any one installed distribution (None: no cap); keeps a huge
     # generated SDK (e.g. oci's API clients, 115 MB of docstrings) from dominating the corpus
-    max_mb_per_dist: Optional[float] = 10.0
+    max_mb_per_dist: float | None = 10.0
     overwrite: bool = False  # replace an existing demo corpus at ``output`` (anything else is never replaced)
 
 
@@ -149,7 +149,7 @@ class DemoCorpusResult:
     files: list[Path]
     by_source: dict[str, int]
     bytes_by_source: dict[str, int] = field(default_factory=dict)
-    dedup: Optional[DedupStats] = None  # None: not deduplicated
+    dedup: DedupStats | None = None  # None: not deduplicated
     distributions: int = 0  # installed distributions scanned for the "packages" source
     capped: dict[str, int] = field(default_factory=dict)  # distribution -> text bytes taken, if capped
 
@@ -162,7 +162,7 @@ class DemoCorpusResult:
 # Extraction
 
 
-def stdlib_sources(stdlib_dir: Union[str, Path]) -> list[tuple[str, Path]]:
+def stdlib_sources(stdlib_dir: str | Path) -> list[tuple[str, Path]]:
     """(module name, path) of every stdlib .py file outside test/site-packages dirs, sorted."""
     root = Path(stdlib_dir)
     out: list[tuple[str, Path]] = []
@@ -217,7 +217,7 @@ def _doc_sections(tree: ast.AST, module: str) -> list[tuple[str, str]]:
     return sections
 
 
-def module_document(module: str, path: Union[str, Path], dedup: Optional["Deduper"] = None) -> Optional[str]:
+def module_document(module: str, path: str | Path, dedup: Deduper | None = None) -> str | None:
     """The docstring document of one module, or None if it has no docstrings / cannot parse.
 
     With ``dedup``, docstrings already seen (in accepted documents, or earlier in this one)
@@ -230,7 +230,7 @@ def module_document(module: str, path: Union[str, Path], dedup: Optional["Dedupe
     except (SyntaxError, ValueError, OSError, UnicodeDecodeError, RecursionError, MemoryError) as e:
         log.debug("skipping %s: %s", path, e)
         return None
-    sections: list[tuple[Optional[str], str]] = [(None, mdoc)] if mdoc and mdoc.strip() else []
+    sections: list[tuple[str | None, str]] = [(None, mdoc)] if mdoc and mdoc.strip() else []
     sections += defs
     sections = [sec for sec in sections if SP_META_SPACE not in sec[1]]
     if not sections:
@@ -245,7 +245,7 @@ def module_document(module: str, path: Union[str, Path], dedup: Optional["Dedupe
     return "\n\n".join(parts) + "\n"
 
 
-def pydoc_topics(stdlib_dir: Union[str, Path]) -> dict[str, str]:
+def pydoc_topics(stdlib_dir: str | Path) -> dict[str, str]:
     """The reference manual topics dict of ``pydoc_data/topics.py`` (parsed, not imported)."""
     path = Path(stdlib_dir) / "pydoc_data" / "topics.py"
     if not path.is_file():
@@ -286,7 +286,7 @@ class SiteSources:
     docs: list[tuple[str, Path, str]]  # (relative path, path, distribution)
 
 
-def site_sources(roots: Iterable[Union[str, Path]]) -> SiteSources:
+def site_sources(roots: Iterable[str | Path]) -> SiteSources:
     """Distributions installed in ``roots`` and their .py / documentation files.
 
     A distribution name found in several roots is taken from the first; so is a relative path
@@ -343,7 +343,7 @@ def site_sources(roots: Iterable[Union[str, Path]]) -> SiteSources:
     return out
 
 
-def _prose(text: str) -> Optional[str]:
+def _prose(text: str) -> str | None:
     """``text`` with normalized newlines, stripped, plus a final newline; None unless mostly letters."""
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text or "\x00" in text:
@@ -355,7 +355,7 @@ def _prose(text: str) -> Optional[str]:
     return text + "\n"
 
 
-def doc_file_text(path: Union[str, Path]) -> Optional[str]:
+def doc_file_text(path: str | Path) -> str | None:
     """The text of a shipped documentation file, or None if missing, over 1 MB, not UTF-8 or not prose."""
     path = Path(path)
     try:
@@ -371,7 +371,7 @@ def doc_file_text(path: Union[str, Path]) -> Optional[str]:
     return _prose(text)
 
 
-def long_description(metadata_text: Optional[str]) -> Optional[str]:
+def long_description(metadata_text: str | None) -> str | None:
     """The long description of a METADATA / PKG-INFO file: its body, else its Description header."""
     if not metadata_text:
         return None
@@ -392,7 +392,7 @@ def long_description(metadata_text: Optional[str]) -> Optional[str]:
     return _prose(desc)
 
 
-def _metadata_text(dist: object) -> Optional[str]:
+def _metadata_text(dist: object) -> str | None:
     for name in ("METADATA", "PKG-INFO"):
         try:
             text = dist.read_text(name)  # type: ignore[attr-defined]
@@ -415,7 +415,7 @@ class Deduper:
         self.documents: set[bytes] = set()
         self.docstrings: set[bytes] = set()
         self.stats = DedupStats()
-        self._pending: Optional[tuple[Optional[bytes], list[bytes], int, int]] = None
+        self._pending: tuple[bytes | None, list[bytes], int, int] | None = None
 
     @staticmethod
     def key(text: str) -> bytes:
@@ -424,7 +424,7 @@ class Deduper:
     def begin(self) -> None:
         self._pending = None
 
-    def new_sections(self, sections: list[tuple[Optional[str], str]]) -> list[tuple[Optional[str], str]]:
+    def new_sections(self, sections: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
         """The sections whose docstring is new; the rest are counted when the document is kept."""
         keep, keys, dropped, dropped_bytes = [], [], 0, 0
         local: set[bytes] = set()
@@ -473,12 +473,12 @@ class Deduper:
 
 
 def iter_demo_documents(
-    stdlib_dir: Optional[Union[str, Path]],
+    stdlib_dir: str | Path | None,
     *,
-    site: Optional[SiteSources] = None,
-    dedup: Optional[Deduper] = None,
-    max_bytes_per_dist: Optional[int] = None,
-    capped: Optional[dict[str, int]] = None,
+    site: SiteSources | None = None,
+    dedup: Deduper | None = None,
+    max_bytes_per_dist: int | None = None,
+    capped: dict[str, int] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Yield (text, redpajama_set_name) in a stable hash order of the document ids.
 
@@ -509,13 +509,13 @@ def iter_demo_documents(
     items.sort(key=lambda it: (it[0], it[1]))
     dist_bytes: dict[str, int] = {}
     full: dict[str, int] = {} if capped is None else capped
-    for _, doc_id, kind, name, payload, dist_name in items:
+    for _, _doc_id, kind, name, payload, dist_name in items:
         if dist_name and dist_name in full:
             continue
         if dedup is not None:
             dedup.begin()
         if kind == "pydoc":
-            text: Optional[str] = str(payload)
+            text: str | None = str(payload)
             text = text if text.endswith("\n") else text + "\n"
             source = BOOK
         elif kind == "module":
@@ -557,12 +557,12 @@ def build_demo_corpus(cfg: DemoCorpusConfig) -> DemoCorpusResult:
         raise DataPrepError(
             f"--sources must be a comma-separated subset of {','.join(SOURCES)}, got {','.join(sources)!r}"
         )
-    stdlib_dir: Optional[Path] = None
+    stdlib_dir: Path | None = None
     if "stdlib" in sources:
         stdlib_dir = Path(cfg.stdlib_dir or sysconfig.get_paths()["stdlib"])
         if not stdlib_dir.is_dir():
             raise DataPrepError(f"standard library directory {stdlib_dir} does not exist")
-    site: Optional[SiteSources] = None
+    site: SiteSources | None = None
     where = [str(stdlib_dir)] if stdlib_dir is not None else []
     if "packages" in sources:
         roots = tuple(Path(r) for r in cfg.site_packages) if cfg.site_packages is not None else default_site_packages()

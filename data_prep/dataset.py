@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .writer import column_encoding
 
 
 def read_tokens(
-    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None,
+    directory: str | os.PathLike[str], split: str = "train", *, source: str | None = None,
     verify: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield the samples of ``split`` in order, each a read-only ``(sample_len,)`` array.
@@ -34,8 +35,8 @@ def read_tokens(
         yield from block
 
 
-def split_dir(manifest: dict[str, Any], directory: Union[str, "os.PathLike[str]"], split: str,
-              source: Optional[str] = None) -> Path:
+def split_dir(manifest: dict[str, Any], directory: str | os.PathLike[str], split: str,
+              source: str | None = None) -> Path:
     """The MDS dataset directory of a split, or of one source of a per-source split."""
     if split not in manifest["splits"]:
         raise DataPrepError(f"{directory}: no split {split!r} (have {sorted(manifest['splits'])})")
@@ -50,7 +51,7 @@ def split_dir(manifest: dict[str, Any], directory: Union[str, "os.PathLike[str]"
 
 
 def iter_shard_arrays(
-    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None,
+    directory: str | os.PathLike[str], split: str = "train", *, source: str | None = None,
     verify: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield one read-only ``(samples_in_shard, sample_len)`` array per MDS shard, in order."""
@@ -116,7 +117,7 @@ def _check_sha1(path: Path, data: bytes, info: dict[str, Any]) -> None:
 
 
 def token_counts(
-    directory: Union[str, "os.PathLike[str]"], split: str = "train", *, source: Optional[str] = None
+    directory: str | os.PathLike[str], split: str = "train", *, source: str | None = None
 ) -> np.ndarray:
     """Occurrences of every token id (length ``vocab_size``, int64) over all samples of a split.
 

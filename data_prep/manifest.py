@@ -50,8 +50,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 from .errors import ManifestError
 from .fsutil import atomic_write_json
@@ -104,11 +105,11 @@ IDENTITY_KEYS = (
 LAYOUTS = ("single", "per-source")
 
 
-def manifest_path(directory: Union[str, "os.PathLike[str]"]) -> Path:
+def manifest_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory) / MANIFEST_NAME
 
 
-def read_manifest(directory: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate ``<directory>/manifest.json``.
 
     Raises:
@@ -181,7 +182,7 @@ def validate_manifest(obj: Any, where: str = MANIFEST_NAME) -> None:
                         )
 
 
-def write_manifest(directory: Union[str, "os.PathLike[str]"], obj: Mapping[str, Any]) -> Path:
+def write_manifest(directory: str | os.PathLike[str], obj: Mapping[str, Any]) -> Path:
     """Validate and atomically write ``<directory>/manifest.json``."""
     obj = dict(obj)
     validate_manifest(obj, "manifest to write")

@@ -20,9 +20,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from pretrain import faults
 from pretrain.outputs import OutputError, check_disjoint, check_replaceable
@@ -78,9 +79,9 @@ class TokenizeConfig:
     text_field: str = "text"
     source_field: str = DEFAULT_SOURCE_FIELD
     per_source: bool = False
-    unit_size: Optional[int] = None  # bytes of input per work unit; None: auto (see units.py)
+    unit_size: int | None = None  # bytes of input per work unit; None: auto (see units.py)
     strict: bool = False
-    eos_piece: Optional[str] = None
+    eos_piece: str | None = None
     overwrite: bool = False
     progress: bool = True
 
@@ -195,7 +196,7 @@ def _check_output_dir(out_dir: Path, planned: dict[str, Any], plan: dict[str, An
     return "fresh"
 
 
-def _read_plan(work: WorkArea) -> Optional[dict[str, Any]]:
+def _read_plan(work: WorkArea) -> dict[str, Any] | None:
     try:
         return json.loads(work.plan.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -249,7 +250,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         "splits": {},
         "documents_read": 0,
         "skipped": {},
-        "inputs": [{"path": str(p), "bytes": n} for p, n in zip(files, sizes)],
+        "inputs": [{"path": str(p), "bytes": n} for p, n in zip(files, sizes, strict=True)],
         "input_bytes": total_bytes,
         "val_fraction": cfg.val_fraction,
         "split_hash": SPLIT_HASH,
@@ -344,7 +345,7 @@ def _mp_context():
     return _CTX
 
 
-def _exit_text(code: Optional[int]) -> str:
+def _exit_text(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
@@ -367,7 +368,7 @@ class _UnitRunner:
         self.pending = pending
         self.total_bytes = total_bytes
         self.done_bytes = done_bytes
-        self.t0: Optional[float] = None
+        self.t0: float | None = None
         self.startup_s = 0.0
         self.docs = self.text_bytes = self.input_bytes = self.tokens = 0
         self.skips = SkipLog()
@@ -378,11 +379,11 @@ class _UnitRunner:
         if not self.pending:
             self.t0 = time.time()
             return {}
+        from multiprocessing.connection import wait
+
         from tqdm import tqdm
 
         from .worker import worker_main
-
-        from multiprocessing.connection import wait
 
         ctx = _mp_context()
         tasks = ctx.Queue()
@@ -405,7 +406,7 @@ class _UnitRunner:
         log.info("tokenizing %d units with %d worker processes", len(self.pending), n)
         bar = None
         done: dict[int, dict[str, Any]] = {}
-        current: dict[int, Optional[int]] = {}
+        current: dict[int, int | None] = {}
         ready: set[int] = set()
         exited: set[int] = set()
         remaining = {u.index for u in self.pending}

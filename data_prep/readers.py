@@ -30,9 +30,10 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any
 
 from .errors import DataPrepError
 
@@ -73,8 +74,8 @@ _PARQUET_BATCH_ROWS = 1024
 class Document:
     text: str
     path: str
-    line: Optional[int]  # 1-based line (jsonl) or row (parquet); None for whole-file .txt
-    source: Optional[str] = None
+    line: int | None  # 1-based line (jsonl) or row (parquet); None for whole-file .txt
+    source: str | None = None
     utf8: bytes = b""  # text.encode("utf-8"), computed once by the reader
 
 
@@ -82,7 +83,7 @@ class Document:
 class BadRecord:
     reason: str
     path: str
-    line: Optional[int]
+    line: int | None
     detail: str = ""
     count: int = 1  # >1 only when a whole file's rows are skipped at once
 
@@ -95,7 +96,7 @@ class BadRecord:
                 "count": self.count}
 
 
-Record = Union[Document, BadRecord]
+Record = Document | BadRecord
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,14 @@ class Piece:
     fmt: str
     bytes: int
     start: int = 0
-    stop: Optional[int] = None
+    stop: int | None = None
     first_row: int = 1
 
     def to_json(self) -> list:
         return [self.path, self.fmt, self.bytes, self.start, self.stop, self.first_row]
 
     @classmethod
-    def from_json(cls, obj: Sequence) -> "Piece":
+    def from_json(cls, obj: Sequence) -> Piece:
         return cls(*obj)
 
     @property
@@ -137,7 +138,7 @@ class ByteCounter:
         self.n = 0
 
 
-def format_of(path: Union[str, Path]) -> Optional[str]:
+def format_of(path: str | Path) -> str | None:
     name = str(path).lower()
     for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
@@ -226,7 +227,7 @@ def input_paths(specs: Sequence[str], files: Sequence[Path] = ()) -> list[tuple[
 
 
 def iter_records(
-    files: Iterable[Union[str, Path]], text_field: str = "text", source_field: str = DEFAULT_SOURCE_FIELD
+    files: Iterable[str | Path], text_field: str = "text", source_field: str = DEFAULT_SOURCE_FIELD
 ) -> Iterator[Record]:
     """Yield every record of every file, in order."""
     for path in files:
@@ -234,7 +235,7 @@ def iter_records(
 
 
 def read_file(
-    path: Union[str, Path], text_field: str = "text", source_field: str = DEFAULT_SOURCE_FIELD
+    path: str | Path, text_field: str = "text", source_field: str = DEFAULT_SOURCE_FIELD
 ) -> Iterator[Record]:
     fmt = format_of(path)
     if fmt is None:
@@ -246,7 +247,7 @@ def read_piece(
     piece: Piece,
     text_field: str = "text",
     source_field: str = DEFAULT_SOURCE_FIELD,
-    counter: Optional[ByteCounter] = None,
+    counter: ByteCounter | None = None,
 ) -> Iterator[Record]:
     """Yield the records of one piece of a file, in order."""
     counter = counter if counter is not None else ByteCounter()
@@ -385,7 +386,7 @@ def _range_lines(piece: Piece, counter: ByteCounter) -> Iterator[tuple[int, byte
 def _read_jsonl(piece: Piece, text_field: str, source_path: tuple[str, ...], counter: ByteCounter) -> Iterator[Record]:
     path = piece.path
     ranged = piece.fmt == "jsonl" and not piece.whole_file
-    base: Optional[int] = 0 if piece.start == 0 else None  # lines before the piece's first line (lazy)
+    base: int | None = 0 if piece.start == 0 else None  # lines before the piece's first line (lazy)
     first_offset = piece.start
     k = 0
 
@@ -436,7 +437,7 @@ def _parse_jsonl_line(raw: bytes, path: str, lineno: int, text_field: str, sourc
     return _check_text(value, path, lineno, text_field, source_name(src) if source_path else UNKNOWN_SOURCE)
 
 
-def _check_text(value: Any, path: str, line: Optional[int], field: str, source: Optional[str]) -> Record:
+def _check_text(value: Any, path: str, line: int | None, field: str, source: str | None) -> Record:
     if type(value) is not str:
         if value is None:
             return BadRecord(NULL_TEXT, path, line, f"{field!r} is null")
@@ -542,7 +543,7 @@ def _read_parquet(piece: Piece, text_field: str, source_field: str, counter: Byt
                     for p in src_path:
                         scol = pc.struct_field(scol, [p])
                     sources = [source_name(v) for v in scol.to_pylist()]
-                for value, source in zip(column.to_pylist(), sources):
+                for value, source in zip(column.to_pylist(), sources, strict=True):
                     row += 1
                     if binary and value is not None:
                         try:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from .fsutil import unit_hash
 
 SPLIT_HASH = "blake2b(utf8(text), digest_size=8) as big-endian uint64 / 2**64 < val_fraction -> val"
 
 
-def split_of(text: Union[str, bytes], val_fraction: float) -> str:
+def split_of(text: str | bytes, val_fraction: float) -> str:
     """``"val"`` or ``"train"`` for a document, from its text only (str, or its UTF-8 bytes):
     see :data:`SPLIT_HASH`. Stable across platforms, Python versions, runs and worker counts."""
     if isinstance(text, str):

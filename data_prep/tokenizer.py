@@ -30,9 +30,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 from pretrain.outputs import check_disjoint, check_replaceable
 
@@ -132,7 +132,7 @@ def sample_sentences(
 class _Sampler:
     """Documents from a seeded random order of input pieces, within a byte budget."""
 
-    def __init__(self, files: Sequence[Path], cfg: "TokenizerTrainConfig", skips: SkipLog) -> None:
+    def __init__(self, files: Sequence[Path], cfg: TokenizerTrainConfig, skips: SkipLog) -> None:
         from .units import file_pieces
 
         self.pieces = [p for f in files for p in file_pieces(f, f.stat().st_size, cfg.piece_bytes)]
@@ -277,7 +277,7 @@ def check_special_ids(sp, where: str) -> None:
         )
 
 
-def verify_round_trip(sp, docs: Iterable[str], limit: Optional[int]) -> int:
+def verify_round_trip(sp, docs: Iterable[str], limit: int | None) -> int:
     """Check decode(encode(doc)) == doc for up to ``limit`` documents; raise on the first miss."""
     n = 0
     for doc in docs:
@@ -285,7 +285,7 @@ def verify_round_trip(sp, docs: Iterable[str], limit: Optional[int]) -> int:
             break
         back = sp.decode(sp.encode(doc))
         if back != doc:
-            i = next((k for k, (a, b) in enumerate(zip(doc, back)) if a != b), min(len(doc), len(back)))
+            i = next((k for k, (a, b) in enumerate(zip(doc, back, strict=False)) if a != b), min(len(doc), len(back)))
             raise DataPrepError(
                 f"tokenizer round trip is not exact: document {n} differs at char {i}: "
                 f"expected {doc[max(0, i - 20):i + 20]!r}, got {back[max(0, i - 20):i + 20]!r}"
@@ -322,7 +322,7 @@ class Tokenizer:
     kind: str
     path: Path
     vocab_size: int
-    eos_id: Optional[int]
+    eos_id: int | None
     special: dict[str, tuple[int, str]]
 
     def encode(self, text: str) -> list[int]:
@@ -331,7 +331,7 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
-    def token_id(self, piece: str) -> Optional[int]:
+    def token_id(self, piece: str) -> int | None:
         raise NotImplementedError
 
 
@@ -350,7 +350,7 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
-    def token_id(self, piece: str) -> Optional[int]:
+    def token_id(self, piece: str) -> int | None:
         pid = self.sp.piece_to_id(piece)  # unknown pieces map to unk
         return pid if 0 <= pid < self.vocab_size and self.sp.id_to_piece(pid) == piece else None
 
@@ -388,7 +388,7 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def token_id(self, piece: str) -> Optional[int]:
+    def token_id(self, piece: str) -> int | None:
         return self.tok.token_to_id(piece)
 
 
@@ -422,7 +422,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return tok
 
 
-def resolve_eos(tok: Tokenizer, path, eos_piece: Optional[str] = None) -> int:
+def resolve_eos(tok: Tokenizer, path, eos_piece: str | None = None) -> int:
     """The id appended after every document: the tokenizer's EOS, or the id of ``eos_piece``.
 
     A sentencepiece model's EOS piece (ours, Llama's or Phi-3's ``tokenizer.model``: ``</s>`` = 2);

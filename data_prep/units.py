@@ -17,9 +17,10 @@ source is dropped), so units can run in any order on any worker and be resumed o
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .readers import Piece, format_of, parquet_row_group_bytes
 
@@ -51,7 +52,7 @@ class Unit:
         return [p.to_json() for p in self.pieces]
 
     @classmethod
-    def from_json(cls, index: int, obj: Sequence) -> "Unit":
+    def from_json(cls, index: int, obj: Sequence) -> Unit:
         return cls(index, tuple(Piece.from_json(p) for p in obj))
 
 
@@ -115,7 +116,7 @@ def plan_units(files: Sequence[Path], sizes: Sequence[int], unit_size: int) -> l
     units: list[Unit] = []
     current: list[Piece] = []
     acc = 0
-    for path, size in zip(files, sizes):
+    for path, size in zip(files, sizes, strict=True):
         for piece in file_pieces(path, size, unit_size):
             current.append(piece)
             acc += piece.bytes

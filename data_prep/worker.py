@@ -25,7 +25,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,13 +56,13 @@ class WorkerConfig:
     text_field: str
     source_field: str
     per_source: bool
-    compression: Optional[str]
+    compression: str | None
     shard_size_limit: int
     part_width: int
     strict: bool = False
     flush_tokens: int = FLUSH_TOKENS  # pack + hand samples to the writer every this many tokens
     parent_pid: int = 0
-    parent_start: Optional[int] = None
+    parent_start: int | None = None
     # test-only, from the fault point ``data_prep.units`` (``pretrain.faults``):
     #   {"pause_s": sleep after each record and before each done marker,
     #    "fail_unit": raise in that unit once it has written shards,
@@ -70,7 +70,7 @@ class WorkerConfig:
     hooks: dict = field(default_factory=dict)
 
 
-def process_start_time(pid: int) -> Optional[int]:
+def process_start_time(pid: int) -> int | None:
     """Start time of a process (clock ticks since boot, /proc/PID/stat field 22), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -80,7 +80,7 @@ def process_start_time(pid: int) -> Optional[int]:
         return None
 
 
-def _parent_alive(pid: int, start: Optional[int]) -> bool:
+def _parent_alive(pid: int, start: int | None) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
@@ -97,7 +97,7 @@ def _parent_alive(pid: int, start: Optional[int]) -> bool:
             return True
 
 
-def _die_with_parent(parent_pid: int, parent_start: Optional[int]) -> None:
+def _die_with_parent(parent_pid: int, parent_start: int | None) -> None:
     """Never outlive the ``tokenize`` process (e.g. after a kill -9 of it): a worker that kept
     writing behind a resumed run would corrupt it. Workers are forked by a forkserver, so
     PR_SET_PDEATHSIG alone (parent = the forkserver) is not enough: a watchdog thread checks
@@ -122,7 +122,7 @@ def _die_with_parent(parent_pid: int, parent_start: Optional[int]) -> None:
 
 
 class UnitJob:
-    def __init__(self, cfg: WorkerConfig, tok: "Tokenizer", unit: Unit, send=None) -> None:
+    def __init__(self, cfg: WorkerConfig, tok: Tokenizer, unit: Unit, send=None) -> None:
         self.cfg = cfg
         self.tok = tok
         self.unit = unit
@@ -130,7 +130,7 @@ class UnitJob:
         self.work = WorkArea(Path(cfg.out_dir))
         self.dtype = np.dtype(cfg.dtype)
 
-    def _writer_dir(self, split: str, source: Optional[str]) -> Path:
+    def _writer_dir(self, split: str, source: str | None) -> Path:
         base = self.work.stage / split
         if source is not None:
             base = base / source_dirname(source)
@@ -142,7 +142,7 @@ class UnitJob:
         work.done.mkdir(parents=True, exist_ok=True)
         work.skipped.mkdir(parents=True, exist_ok=True)
         compression = cfg.compression
-        packers: dict[tuple[str, Optional[str]], Packer] = {}
+        packers: dict[tuple[str, str | None], Packer] = {}
         by_source: dict[tuple[str, str], list[int]] = {}  # (split, source) -> [docs, tokens, bytes]
         skipped: Counter[str] = Counter()
         examples: list[list[Any]] = []

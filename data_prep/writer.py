@@ -24,8 +24,9 @@ import re
 import shutil
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def source_dirname(source: str) -> str:
     """
     name = urllib.parse.quote(source, safe="")
     if name.startswith(".") or name == INDEX_NAME or not name:
-        name = "%{:02X}".format(ord(name[0])) + name[1:] if name else "%00"
+        name = f"%{ord(name[0]):02X}" + name[1:] if name else "%00"
     if len(name) > 120:
         import hashlib
 
@@ -120,7 +121,7 @@ class PartWriter:
     fsyncs every file, so a done marker written afterwards only ever vouches for durable shards.
     """
 
-    def __init__(self, out: Path, sample_len: int, dtype: str, compression: Optional[str], size_limit: int) -> None:
+    def __init__(self, out: Path, sample_len: int, dtype: str, compression: str | None, size_limit: int) -> None:
         self.out = Path(out)
         self.sample_len = sample_len
         self.dtype = np.dtype(dtype)

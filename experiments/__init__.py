@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Sequence
 
 from .study import Study
 
@@ -32,8 +32,8 @@ class _Registry(dict):
 STUDIES: dict[str, ModuleType] = _Registry.fromkeys(_MODULES)  # type: ignore[assignment]
 
 
-def build_study(name: str, scale: str = "cpu", *, seeds: Optional[int] = None, overrides: Sequence[str] = (),
-                out: Optional[Path] = None, full_grid: bool = False, variant: Optional[str] = None) -> Study:
+def build_study(name: str, scale: str = "cpu", *, seeds: int | None = None, overrides: Sequence[str] = (),
+                out: Path | None = None, full_grid: bool = False, variant: str | None = None) -> Study:
     """Study ``name`` at ``scale``, with ``overrides`` added to every run (after the study's own: they win);
     ``variant``: a study's named variant (skiplr: pretrained, scratch)."""
     if name not in STUDIES:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from pretrain.cli_numbers import integer, number
 
 from . import STUDIES, build_study
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="a study (" + ", ".join(STUDIES) + "), or 'list'")
@@ -74,7 +74,7 @@ def check_out(study, out: Path) -> None:
     check_disjoint(out, inputs, "--out")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from pretrain.config_loader import ConfigError
 
     args = parse_args(argv)

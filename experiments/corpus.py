@@ -23,9 +23,9 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "experiments" / "results" / "corpus.json"  # the fingerprint of the committed results' corpus
@@ -211,7 +211,7 @@ def corpus_line(tokens_dir: Path, committed: Path = COMMITTED) -> str:
 
 # -- command line ------------------------------------------------------------------------------------
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.corpus", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stage", help="a site-packages directory with only the pinned distributions (symlinks)")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def scale_of(scale: str, full_grid: bool = False) -> Scale:
 BRACKETED, EXTEND, CAPPED, PENDING = "bracketed", "extend", "capped", "pending"
 
 
-def extend_grid(losses: Mapping[int, float], k_cap: tuple[int, int]) -> tuple[list[int], str, Optional[int]]:
+def extend_grid(losses: Mapping[int, float], k_cap: tuple[int, int]) -> tuple[list[int], str, int | None]:
     """The next ks of one arm's grid from its finished losses (k -> final loss; NaN = diverged, which is worse than
     any finite loss). Returns ``(ks to add, state, best k)``:
 
@@ -129,7 +129,7 @@ class Arm:
     schedule: str
     ks: list[int]
     state: str
-    best_k: Optional[int]
+    best_k: int | None
     base_lr: float
 
     @property
@@ -140,7 +140,7 @@ class Arm:
         return sorted(self.ks)
 
     @property
-    def best_lr(self) -> Optional[float]:
+    def best_lr(self) -> float | None:
         return None if self.best_k is None else self.base_lr * 2.0 ** self.best_k
 
 
@@ -156,7 +156,7 @@ def _spec(s: Scale, model: str, model_over: tuple[str, ...], tpp: float, name: s
     return RunSpec(run_label(model, name, tpp, lr, seed), over, params)
 
 
-def finished_loss(study: Study, spec: RunSpec, out: Optional[Path]) -> Optional[float]:
+def finished_loss(study: Study, spec: RunSpec, out: Path | None) -> float | None:
     """A finished run's final validation loss from ``OUT/runs/<key>/experiment.json`` (or a sibling study's copy):
     NaN when it diverged or has no loss, None when it has not ended (or ``out`` is None)."""
     if out is None:
@@ -173,8 +173,8 @@ def finished_loss(study: Study, spec: RunSpec, out: Optional[Path]) -> Optional[
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
 
 
-def arms(s: Scale, out: Optional[Path], overrides: Sequence[str] = (), schedules: Optional[Sequence[str]] = None,
-         tpps: Optional[Sequence[float]] = None) -> tuple[list[Arm], list[RunSpec]]:
+def arms(s: Scale, out: Path | None, overrides: Sequence[str] = (), schedules: Sequence[str] | None = None,
+         tpps: Sequence[float] | None = None) -> tuple[list[Arm], list[RunSpec]]:
     """Every arm's grid as far as the finished runs in ``out`` take it, and the seed-0 runs of those grids."""
     probe = Study("d2z", s.config, [], report=lambda *_: "")  # only for run names
     extra = tuple(overrides)
@@ -208,7 +208,7 @@ def _with(spec: RunSpec, extra: tuple[str, ...]) -> RunSpec:
     return dataclasses.replace(spec, overrides=tuple(spec.overrides) + extra)
 
 
-def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, full_grid: bool = False,
+def build(scale: str, seeds: int | None = None, out: Path | None = None, full_grid: bool = False,
           overrides: Sequence[str] = ()) -> Study:
     s = scale_of(scale, full_grid)
     n_seeds = seeds or s.seeds
@@ -255,7 +255,7 @@ def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, f
     return study
 
 
-def grid_arms_of(s: Scale, out: Optional[Path], overrides: Sequence[str] = ()) -> list[Arm]:
+def grid_arms_of(s: Scale, out: Path | None, overrides: Sequence[str] = ()) -> list[Arm]:
     return arms(s, out, overrides)[0]
 
 
@@ -362,7 +362,7 @@ def report(results, out: Path, s: Scale, grid_arms: list[Arm]) -> str:
             lines += ["", "Optimum (seed 0's grid; bold above): " + "; ".join(
                 f"{n} {by[(model, tpp, n)].state}" + (f" at {by[(model, tpp, n)].best_lr:.3g}"
                                                      if by[(model, tpp, n)].best_lr else "") for n in names), ""]
-            def arm(n: str, model: str = model, tpp: float = tpp) -> Optional[Arm]:
+            def arm(n: str, model: str = model, tpp: float = tpp) -> Arm | None:
                 return by.get((model, tpp, n))
             if arm("Linear-D2Z") and arm("Linear-10x"):
                 est = gap_estimate(results, arm("Linear-10x"), arm("Linear-D2Z"), seeds)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .study import RunSpec, Study
 
@@ -37,8 +37,8 @@ class RunPlan:
     flops: float  # of the updates this run trains: 6ND-style model FLOPs incl. attention
     alpha_T: float  # peak LR x weight decay x steps (muP: the hidden matrices' LR)
     c_T0: float  # dual coefficient left on the initial weights
-    epochs: Optional[float]  # passes over the training split (None: data missing)
-    seconds: Optional[float] = None
+    epochs: float | None  # passes over the training split (None: data missing)
+    seconds: float | None = None
     time_basis: str = ""
 
     def row(self) -> dict:
@@ -53,7 +53,7 @@ class RunPlan:
 class StudyPlan:
     runs: list[RunPlan]
     data_note: str  # "data/study/tokens: 6.1M train tokens" or "data missing: ..."
-    train_tokens: Optional[int]
+    train_tokens: int | None
     # a dynamic study's runs not known yet (Study.projected), priced the same way: name -> their plans
     projected: dict[str, list[RunPlan]] = dataclasses.field(default_factory=dict)
     slots: int = 1
@@ -105,7 +105,7 @@ def plan(study: Study, slots: int = 1, calibrate: bool = True) -> StudyPlan:
 
 
 def _plan_runs(study: Study, runs: Sequence[RunSpec], slots: int, calibrate: bool,
-               timings: dict[tuple, tuple[float, str]]) -> tuple[list[RunPlan], Optional[int], str]:
+               timings: dict[tuple, tuple[float, str]]) -> tuple[list[RunPlan], int | None, str]:
     import numpy as np
 
     from pretrain.schedules.dual import smoothing, summarize

@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def fit_label(name: str, seed: int) -> str:
     return f"fit:{name}/seed{seed}"
 
 
-def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, full_grid: bool = False,
+def build(scale: str, seeds: int | None = None, out: Path | None = None, full_grid: bool = False,
           overrides: Sequence[str] = ()) -> Study:
     if scale not in SCALES:
         raise ValueError(f"the forecast study has scales {', '.join(SCALES)}; at full scale fit the laws on your own "
@@ -131,7 +132,7 @@ def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, f
     if law is not None:
         from pretrain.forecast import FAMILIES, optimize_schedule, schedule_override
 
-        cfg, _ = _offline(study, study.spec(f"held:Linear-D2Z/seed0"))
+        cfg, _ = _offline(study, study.spec("held:Linear-D2Z/seed0"))
         sched, predicted = min((optimize_schedule(law, s.lr, T, W, family=f, alpha=cfg.dual_alpha()) for f in FAMILIES),
                                key=lambda x: x[1])
         for seed in range(n_seeds):
@@ -152,7 +153,7 @@ def _offline(study: Study, spec: RunSpec):
     return offline_config(study.config, spec.overrides)
 
 
-def _run_dirs(study: Study, out: Path, seed: int) -> Optional[list[Path]]:
+def _run_dirs(study: Study, out: Path, seed: int) -> list[Path] | None:
     from .runner import RESULT, find_run_dir
 
     dirs = [find_run_dir(Path(out), study.key(study.spec(fit_label(name, seed)))) for name in FIT]
@@ -162,12 +163,12 @@ def _run_dirs(study: Study, out: Path, seed: int) -> Optional[list[Path]]:
 TRAIN_WINDOW = 20  # updates per training-loss window, when the signal compared is training loss
 
 
-def law_path(out: Path, law: str, seed: int, metric: Optional[str] = None) -> Path:
+def law_path(out: Path, law: str, seed: int, metric: str | None = None) -> Path:
     tag = "" if metric is None else f"-{metric}{TRAIN_WINDOW if metric == 'loss' else ''}"
     return Path(out) / "laws" / f"{law}{tag}-seed{seed}.json"
 
 
-def _fit_if_ready(study: Study, out: Path, seed: int, law: str, metric: Optional[str] = None):
+def _fit_if_ready(study: Study, out: Path, seed: int, law: str, metric: str | None = None):
     """The law fit on the seed's three fit runs once they have finished (cached in OUT/laws/LAW-seedN.json), on
     ``metric`` (default: ``fit --metric auto``'s choice; another one is cached as LAW-METRIC-seedN.json)."""
     from pretrain.forecast import FittedLaw, fit_law, read_run
@@ -239,7 +240,7 @@ def report(results, out: Path, T: int) -> str:
             per_predictor.setdefault(name, ([], []))
             per_predictor[name][0].extend(curves)
             per_predictor[name][1].extend(law.predict_curve(c) for c in curves)
-            for r, sc in zip(held, scores):
+            for r, sc in zip(held, scores, strict=True):
                 rows.setdefault(r.spec.label, {"seed": seed, **r.spec.params})[name] = sc
             if name == "mpl":
                 dirs = _run_dirs(study, out, seed) or []
@@ -250,13 +251,13 @@ def report(results, out: Path, T: int) -> str:
                 per_predictor.setdefault("baseline", ([], []))
                 per_predictor["baseline"][0].extend(curves)
                 per_predictor["baseline"][1].extend(base.predict_curve(c) for c in curves)
-                for r, sc in zip(held, bscores):
+                for r, sc in zip(held, bscores, strict=True):
                     rows[r.spec.label]["baseline"] = sc
                 for r in opt:
                     c = _curve(r, law)
                     rows.setdefault(r.spec.label, {"seed": seed, **r.spec.params})["mpl"] = score_runs(law.predict_curve, [c])[0][0]
                 if seed == seeds[0]:
-                    plot_curves = [(r.spec.params["schedule"], c, law.predict_curve(c)) for r, c in zip(held, curves)]
+                    plot_curves = [(r.spec.params["schedule"], c, law.predict_curve(c)) for r, c in zip(held, curves, strict=True)]
     if not rows:
         return "\n".join(lines + ["No held-out run has finished."]) + "\n"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def save_figure(path: Path, draw: Callable[..., Any], *args: Any, size: tuple[float, float] = (10, 3.6)) -> Path:

@@ -32,13 +32,13 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from pretrain.errors import EXIT_INCOMPLETE, EXIT_UNSTABLE
 
@@ -68,7 +68,7 @@ class RunRecord:
     steps: int = 0
     wall_s: float = 0.0
     error: str = ""
-    _metrics: Optional[list[dict[str, Any]]] = field(default=None, repr=False)
+    _metrics: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -107,7 +107,7 @@ class RunRecord:
             "overrides": " ".join(self.spec.overrides), "error": self.error,
         }
 
-    def load(self) -> "RunRecord":
+    def load(self) -> RunRecord:
         """Fill the outcome from ``experiment.json`` when the run has ended."""
         path = self.run_dir / RESULT
         if path.is_file():
@@ -182,8 +182,9 @@ def write_curves(path: Path, records: list[RunRecord], keys: dict[str, str]) -> 
     key (empty for a root), step, loss and val_loss (6 significant digits), lr (4). A branch's rows start after its
     branch step, so splicing a branch's rows onto its parent's up to ``branch_step`` (``runs.csv``) gives its whole
     curve. Written atomically; runs in a stable order (by key), so a rerun gives the same bytes."""
-    from data_prep.fsutil import atomic_write_bytes
     import io
+
+    from data_prep.fsutil import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -226,7 +227,7 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def launch_overrides(study: Study, run: RunSpec, out: Path, checkpoint_minutes: float,
-                     dirs: Optional[dict[str, Path]] = None) -> list[str]:
+                     dirs: dict[str, Path] | None = None) -> list[str]:
     """The run's overrides plus where it writes, what it keeps for its branches, and where it branches from.
     ``dirs``: run directories by label where they are not ``OUT/runs/<key>`` (runs reused from another study)."""
     key = study.key(run)
@@ -293,8 +294,8 @@ class _Busy:
 
     rec: RunRecord
     t0: float
-    proc: Optional[subprocess.Popen] = None
-    log: Optional[IO[bytes]] = None
+    proc: subprocess.Popen | None = None
+    log: IO[bytes] | None = None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -326,13 +327,13 @@ class Runner:
     """Runs what a study still needs, in dependency order, and collects every run's outcome."""
 
     def __init__(self, study: Study, out: Path, *, slots: int = 1, gpus: int = 0, checkpoint_minutes: float = 2.0,
-                 total_steps: Optional[dict[str, int]] = None, progress: bool = True, standing: bool = True):
+                 total_steps: dict[str, int] | None = None, progress: bool = True, standing: bool = True):
         self.study, self.out = study, Path(out)
         self.slots = max(1, gpus or slots)
         self.gpus = gpus
         self.standing = standing  # K > 1: standing workers (False: a process per run)
         self.workers: dict[int, Any] = {}  # slot -> experiments.worker.Worker, started on first use
-        self._results_dir: Optional[Path] = None
+        self._results_dir: Path | None = None
         self.worker_processes = self.worker_runs = 0  # worker processes started (replacements too), runs handed to them
         self.checkpoint_minutes = checkpoint_minutes
         self.total_steps = total_steps or {}
@@ -385,8 +386,9 @@ class Runner:
         return StudyResults(self.study, self.records, self.out)
 
     def write_csv(self) -> Path:
-        from data_prep.fsutil import atomic_write_bytes
         import io
+
+        from data_prep.fsutil import atomic_write_bytes
 
         rows = [r.row() for r in self.records.values()]
         names: list[str] = []
@@ -457,7 +459,7 @@ class Runner:
         proc = subprocess.Popen(self._command(rec), cwd=REPO, env=self._env(slot), stdout=f, stderr=subprocess.STDOUT)
         return _Busy(rec, time.time(), proc, f)
 
-    def _poll(self, slot: int, busy: _Busy) -> Optional[tuple[int, str, bool]]:
+    def _poll(self, slot: int, busy: _Busy) -> tuple[int, str, bool] | None:
         """(exit code, error, whether its worker died) once the slot's run ended, else None."""
         if busy.proc is None:
             got = self.workers[slot].poll()

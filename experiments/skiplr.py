@@ -11,12 +11,12 @@ counts as T. Statistics, nulls and tests (a)-(e): :mod:`experiments.skiplr_analy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-from .skiplr_plan import PAPER_PAIR, SCRATCH_MEASURED, Variant, pair_name, stages, variant
+from .skiplr_plan import SCRATCH_MEASURED, Variant, stages, variant
 from .study import RunSpec, Study, fmt
 
 # Table 2 of the paper (protocols.md section 1): Trans.%, <=25/50/75%, median, min, max.
@@ -30,8 +30,8 @@ PAPER = [
 DEFAULT_VARIANT = "pretrained"
 
 
-def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, full_grid: bool = False,
-          overrides: Sequence[str] = (), variant_name: Optional[str] = None) -> Study:
+def build(scale: str, seeds: int | None = None, out: Path | None = None, full_grid: bool = False,
+          overrides: Sequence[str] = (), variant_name: str | None = None) -> Study:
     v = variant(variant_name or DEFAULT_VARIANT, scale)
     lookup = _lookup(v, Path(out)) if out is not None else (lambda spec, runs: None)
     plan = stages(v, lookup, seeds=seeds, overrides=overrides)
@@ -71,7 +71,7 @@ def _lookup(v: Variant, out: Path):
 
     keys: dict[str, str] = {}
 
-    def get(spec: RunSpec, runs: list) -> Optional[tuple]:
+    def get(spec: RunSpec, runs: list) -> tuple | None:
         st = Study("skiplr", v.config, [r for r in runs if r.label != spec.label] + [spec], report=lambda *a: "")
         st._keys.update(keys)
         key = st.key(spec)
@@ -157,7 +157,7 @@ def report(results, out: Path, v: Variant) -> str:
         for name, row in (("**ours: Phi3 vs Phi2**", t.phi3), ("placebo: Phi1 vs Phi2", t.placebo),
                           ("delay null: Phi2(t - t_k) vs Phi2", t.delayed)):
             lines.append(f"| {name} | " + " | ".join(str(x) for x in row.as_row().values()) + " |")
-        for m, T, *vals in PAPER:
+        for m, _T, *vals in PAPER:
             lines.append(f"| paper: {m} | 100 | " + " | ".join(vals) + " | |")
         rates = np.array([r.rate for r in res if np.isfinite(r.rate)])
         nulls = np.array([r.rate_null for r in res if np.isfinite(r.rate_null)])
@@ -190,7 +190,7 @@ def report(results, out: Path, v: Variant) -> str:
 
 def _plot_curves(fig, per_seed, v: Variant):
     axes = fig.subplots(1, max(1, len(per_seed)), squeeze=False)[0]
-    for ax, p in zip(axes, per_seed):
+    for ax, p in zip(axes, per_seed, strict=True):
         c = p.curves
         ax.plot(c.steps, c.l1, label="Phi1 (eta1)", lw=1)
         ax.plot(c.steps, c.l2, label="Phi2 (eta2)", lw=1)

@@ -14,13 +14,22 @@ Pure numpy on 10-step mean training losses aligned on logged steps (``stats.wind
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
-from .stats import (Estimate, TransitionTable, Verdict, bootstrap_ci, gap, paired_estimate, transition_step,
-                    transition_table, wilson)
+from .stats import (
+    Estimate,
+    TransitionTable,
+    Verdict,
+    bootstrap_ci,
+    gap,
+    paired_estimate,
+    transition_step,
+    transition_table,
+    wilson,
+)
 
 SEPARATION = 2.0  # steps where Phi2 and its delayed copy differ by >= SEPARATION x eps tell the two hypotheses apart
 HALVING_BAND = (0.3, 0.7)  # test (c): r(eta2/2) / r(eta2) "roughly halves" when its interval lies inside this band
@@ -72,9 +81,9 @@ def fit_rate(steps: np.ndarray, g: np.ndarray, t_k: int, eps: float) -> tuple[fl
 @dataclass
 class SeedResult:
     seed: int
-    transition: Optional[int]  # Phi3 onto Phi2 (the paper's rule)
-    placebo: Optional[int]  # Phi1 onto Phi2
-    delayed: Optional[int]  # Phi2's delayed copy onto Phi2 (what the delay null predicts)
+    transition: int | None  # Phi3 onto Phi2 (the paper's rule)
+    placebo: int | None  # Phi1 onto Phi2
+    delayed: int | None  # Phi2's delayed copy onto Phi2 (what the delay null predicts)
     g0: float  # |L1 - L2| / L2 at t_k
     trivial: bool  # g0 < eps: within eps at t_k already, says nothing about contraction
     rate: float  # r of ln g(t), Phi3 vs Phi2
@@ -153,7 +162,7 @@ def placebo_test(t: Tables) -> Verdict:
     return Verdict(claim, None, stat, "the intervals overlap")
 
 
-def delay_null_test(results: Sequence[SeedResult]) -> tuple[Verdict, Optional[Estimate]]:
+def delay_null_test(results: Sequence[SeedResult]) -> tuple[Verdict, Estimate | None]:
     """The delay null: Phi3(t) = Phi2(t - t_k). Per seed, the tracking index over the steps where Phi2 and its
     delayed copy are apart (+1: Phi3 on Phi2, -1: Phi3 on the delayed copy); its mean over seeds with an interval."""
     claim = "Phi3 contracts onto Phi2 rather than following Phi2 delayed by t_k (delay null |L3(t) - L2(t - t_k)|)"
@@ -203,7 +212,7 @@ def slope_test(results: Sequence[SeedResult], t_k: int, eps: float, min_seeds: i
     return Verdict(claim, None, text, f"the interval leaves [{SLOPE_BAND[0]:g}, {SLOPE_BAND[1]:g}]"), info
 
 
-def halving_test(full: dict[int, float], half: dict[int, float]) -> tuple[Verdict, Optional[Estimate]]:
+def halving_test(full: dict[int, float], half: dict[int, float]) -> tuple[Verdict, Estimate | None]:
     """Test (c): r at eta2/2 over r at eta2, paired by seed, should be about 1/2."""
     claim = "test (c): halving eta2 roughly halves r (Theorem 1: r ~ kappa eta2)"
     ratios = [half[s] / full[s] for s in sorted(set(full) & set(half))
@@ -240,7 +249,7 @@ def probe_stable(steps: Sequence[int], means: Sequence[float], diverged: bool = 
     return True, f"{m[0]:.3f} -> {m[-1]:.3f}"
 
 
-def largest_stable(probe: dict[float, tuple[bool, str]]) -> Optional[float]:
+def largest_stable(probe: dict[float, tuple[bool, str]]) -> float | None:
     """The largest LR the probe found stable such that every smaller probed LR is stable too (None: none is)."""
     best = None
     for lr in sorted(probe):
@@ -256,7 +265,7 @@ class PilotCheck:
     g0: float
     rate: float
     predicted: float  # t_k + ln(g0/eps)/r, the crossing time at the pilot's contraction rate (inf: never)
-    observed: Optional[int]
+    observed: int | None
     level_off: float  # share of Phi2's drop that happens in the last 20% of T (<= 10%: levelled off)
     levelled: bool
     reasons: list[str]
@@ -292,7 +301,7 @@ def pilot_check(c: SeedCurves, t_k: int, T: int, eps: float = 0.01, tail: float 
 
 
 def scratch_T(rate: float, g0: float, t_k: int, eps: float = 0.01, safety: float = 1.5, round_to: int = 100,
-              cap: int = 20000) -> Optional[int]:
+              cap: int = 20000) -> int | None:
     """T for the from-scratch variant: t_k + safety x ln(g0/eps)/r, rounded up to ``round_to``; None when the
     measured rate cannot cross within ``cap`` steps (r <= 0, or the horizon exceeds the cap)."""
     for name, v in (("rate", rate), ("g0", g0), ("safety", safety)):

@@ -21,9 +21,9 @@ corpus, eta 3e-3 -> 3, with T derived from the contraction rate that study measu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from .study import RunSpec, fmt
 
@@ -132,7 +132,7 @@ def _sgd(v: Variant, seed: int, lr: float, T: int) -> tuple[str, ...]:
     )
 
 
-def _init(v: Variant, base: Optional[RunSpec]) -> dict:
+def _init(v: Variant, base: RunSpec | None) -> dict:
     return {"init_from": base.label, "init_step": base.keep[0]} if base is not None else {}
 
 
@@ -145,7 +145,7 @@ def pair_name(eta1: float, eta2: float) -> str:
     return f"{fmt(eta1)}->{fmt(eta2)}"
 
 
-def seed_runs(v: Variant, eta1: float, eta2: float, seed: int, base: Optional[RunSpec], stage: str) -> list[RunSpec]:
+def seed_runs(v: Variant, eta1: float, eta2: float, seed: int, base: RunSpec | None, stage: str) -> list[RunSpec]:
     """Phi1, Phi2 from the base's weights (or from scratch), Phi3 a branch of Phi1 at t_k at eta2."""
     pair = pair_name(eta1, eta2)
     p1, p2, p3 = (f"{pair}/seed{seed}/phi{i}" for i in (1, 2, 3))
@@ -157,7 +157,7 @@ def seed_runs(v: Variant, eta1: float, eta2: float, seed: int, base: Optional[Ru
     ]
 
 
-def halving_runs(v: Variant, eta1: float, eta2: float, seed: int, base: Optional[RunSpec]) -> list[RunSpec]:
+def halving_runs(v: Variant, eta1: float, eta2: float, seed: int, base: RunSpec | None) -> list[RunSpec]:
     """Test (c): Phi2 and Phi3 at eta2/2 (Phi3 a branch of the pair's Phi1 at t_k)."""
     pair, half = pair_name(eta1, eta2), eta2 / 2
     par = {"seed": seed, "pair": pair, "stage": "halving", "lr": half}
@@ -171,7 +171,7 @@ def halving_runs(v: Variant, eta1: float, eta2: float, seed: int, base: Optional
 # -- the stages -------------------------------------------------------------------------------------
 
 # What a finished run gave: (diverged, logged steps, 10-step mean losses); None while it has not finished.
-Outcome = Optional[tuple[bool, list, list]]
+Outcome = tuple[bool, list, list] | None
 Lookup = Callable[[RunSpec, list], Outcome]  # (run, every run so far: for the keys of its parents) -> outcome
 
 
@@ -180,14 +180,14 @@ class Plan:
     runs: list[RunSpec]
     projected: list[RunSpec]  # runs not known yet (the dry run prices them with eta2_guess)
     probe: dict[float, tuple[bool, str]]  # lr -> (stable, why), finished probes
-    eta2: Optional[float]  # the probe's pick (None until the probe has finished)
+    eta2: float | None  # the probe's pick (None until the probe has finished)
     pilots: dict[str, object]  # pair -> PilotCheck (finished pilots)
     notes: list[str]
 
 
-def stages(v: Variant, lookup: Lookup, seeds: Optional[int] = None, overrides: Sequence[str] = ()) -> Plan:
+def stages(v: Variant, lookup: Lookup, seeds: int | None = None, overrides: Sequence[str] = ()) -> Plan:
     """Every run the study knows it needs now, given the outcomes ``lookup`` reports for the runs before."""
-    from .skiplr_analysis import SeedCurves, largest_stable, pilot_check, probe_stable
+    from .skiplr_analysis import largest_stable, pilot_check, probe_stable
 
     n_seeds = seeds or v.seeds
     runs: list[RunSpec] = []
@@ -198,7 +198,7 @@ def stages(v: Variant, lookup: Lookup, seeds: Optional[int] = None, overrides: S
     def outcome(spec: RunSpec) -> Outcome:
         return lookup(spec, runs)
 
-    def pair_runs(eta1: float, eta2: float, base: Optional[RunSpec], halving: bool) -> list[RunSpec]:
+    def pair_runs(eta1: float, eta2: float, base: RunSpec | None, halving: bool) -> list[RunSpec]:
         out = []
         for s in range(1, n_seeds):
             out += seed_runs(v, eta1, eta2, s, base, "seeds")
@@ -206,7 +206,7 @@ def stages(v: Variant, lookup: Lookup, seeds: Optional[int] = None, overrides: S
             out += halving_runs(v, eta1, eta2, s, base)
         return out
 
-    def gated(eta1: float, eta2: float, base: Optional[RunSpec], halving: bool) -> str:
+    def gated(eta1: float, eta2: float, base: RunSpec | None, halving: bool) -> str:
         """Adds the pair's pilot, and its seeds when the pilot passes; 'wait' | 'go' | 'stop' | 'unstable'."""
         pilot = seed_runs(v, eta1, eta2, 0, base, "pilot")
         runs.extend(pilot)

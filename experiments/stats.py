@@ -10,8 +10,8 @@ interval into reproduced / not reproduced / inconclusive. Pure functions of nump
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def gap(l_a: Sequence[float], l_b: Sequence[float]) -> np.ndarray:
 
 
 def transition_step(steps: Sequence[int], l3: Sequence[float], l2: Sequence[float], t_k: int,
-                    eps: float = 0.01) -> Optional[int]:
+                    eps: float = 0.01) -> int | None:
     """The first logged step ``>= t_k`` where ``|l3 - l2| / l2 < eps`` (arrays aligned on ``steps``); None if never.
 
     This is the SkipLR notebook's rule: the first crossing counts, whether or not the curves stay together.
@@ -117,8 +117,8 @@ class TransitionTable:
     by_75: float
     by_75_ci: tuple[float, float]
     median: float
-    min: Optional[int]
-    max: Optional[int]
+    min: int | None
+    max: int | None
     trivial: int
 
     def as_row(self) -> dict:
@@ -139,7 +139,7 @@ class TransitionTable:
         }
 
 
-def transition_table(transitions: Sequence[Optional[int]], t_k: int, T: int,
+def transition_table(transitions: Sequence[int | None], t_k: int, T: int,
                      trivial: Sequence[bool] = ()) -> TransitionTable:
     """Table 2's columns from per-seed transition steps (None = never within eps).
 
@@ -313,7 +313,7 @@ class Verdict:
     """Whether a paper's claim was reproduced: True, False, or None (inconclusive)."""
 
     claim: str
-    reproduced: Optional[bool]
+    reproduced: bool | None
     statistic: str
     why: str = ""
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from pretrain.run_config import RunConfig
@@ -36,12 +37,12 @@ class RunSpec:
     label: str
     overrides: tuple[str, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
-    parent: Optional[str] = None  # label of the run this one branches from
-    branch_step: Optional[int] = None
+    parent: str | None = None  # label of the run this one branches from
+    branch_step: int | None = None
     keep: tuple[int, ...] = ()  # steps whose checkpoints the study needs besides branch points (e.g. to merge)
     isolated: bool = False  # runs in its own process, never in a standing worker (e.g. a launcher under test)
-    init_from: Optional[str] = None  # label of the run whose weights at init_step this run starts from (step 0)
-    init_step: Optional[int] = None
+    init_from: str | None = None  # label of the run whose weights at init_step this run starts from (step 0)
+    init_step: int | None = None
 
     def __post_init__(self):
         if (self.parent is None) != (self.branch_step is None):
@@ -56,7 +57,7 @@ class Results(Protocol):
     Declared here so that this module needs nothing of the runner (the runner imports the study, not the
     other way round)."""
 
-    study: "Study"
+    study: Study
     records: Mapping[str, Any]  # label -> experiments.runner.RunRecord
     out: Path
 
@@ -98,7 +99,7 @@ class Study:
     def spec(self, label: str) -> RunSpec:
         return self._by_label[label]
 
-    def load_config(self, run: RunSpec) -> "RunConfig":
+    def load_config(self, run: RunSpec) -> RunConfig:
         """The run's typed config (base YAML + overrides), before any file is checked."""
         from pretrain.run_config import load_run_config
 
@@ -138,7 +139,7 @@ def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     import itertools
 
     names = list(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(axes[n] for n in names))]
 
 
 def fmt(value: Any) -> str:

@@ -32,8 +32,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -128,15 +129,15 @@ class Worker:
 
     def __init__(self, env: dict[str, str], log: Path, results: Path):
         self.env, self.log_path, self.results = env, Path(log), Path(results)
-        self.proc: Optional[subprocess.Popen] = None
-        self._log: Optional[IO[bytes]] = None
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
         self.started = 0  # processes started for this slot (1 + replacements)
         self.runs = 0
-        self.result: Optional[Path] = None  # where the current run's outcome will appear; None when idle
-        self.run_log: Optional[Path] = None  # the current (or last) run's log
+        self.result: Path | None = None  # where the current run's outcome will appear; None when idle
+        self.run_log: Path | None = None  # the current (or last) run's log
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
@@ -171,7 +172,7 @@ class Worker:
                 if attempt:
                     raise
 
-    def poll(self) -> Optional[dict[str, Any]]:
+    def poll(self) -> dict[str, Any] | None:
         """The current run's outcome ``{"code", "error"}`` once it ended (a dead worker: code < 0 or its exit
         code, and ``died``), else None."""
         if self.result is None:
@@ -195,7 +196,7 @@ class Worker:
         if self.result is not None and self.alive():
             self.proc.send_signal(signal.SIGTERM)
 
-    def wait(self, timeout: float) -> Optional[dict[str, Any]]:
+    def wait(self, timeout: float) -> dict[str, Any] | None:
         """The current run's outcome, waiting up to ``timeout`` seconds."""
         deadline = time.time() + timeout
         while self.result is not None and time.time() < deadline:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def _snap(lrs: Sequence[float], base: float) -> float:
     return base * 2.0 ** math.floor(k + 0.5)
 
 
-def choose_lrs(s: Scale, scale: str, out: Optional[Path], overrides: Sequence[str] = ()) -> LRChoice:
+def choose_lrs(s: Scale, scale: str, out: Path | None, overrides: Sequence[str] = ()) -> LRChoice:
     """Each arm's peak LR: from the d2z study's bracketed optima, else from this study's own bracket (probes)."""
     top = max(s.tpps)
     if not s.tune or out is None:
@@ -127,7 +127,7 @@ def choose_lrs(s: Scale, scale: str, out: Optional[Path], overrides: Sequence[st
     d2z_out = Path(out).parent / f"d2z-{scale}"
     found = d2z.best_lrs(scale, d2z_out, TUNED, ds.tpps, overrides, model=s.d2z_model)
 
-    def lr_at(name: str, tpp: float) -> Optional[float]:
+    def lr_at(name: str, tpp: float) -> float | None:
         if (name, tpp) in found:
             return found[(name, tpp)]
         below = [t for t in ds.tpps if t < tpp and (name, t) in found]
@@ -159,7 +159,7 @@ def choose_lrs(s: Scale, scale: str, out: Optional[Path], overrides: Sequence[st
                     probes, False)
 
 
-def build(scale: str, seeds: Optional[int] = None, out: Optional[Path] = None, full_grid: bool = False,
+def build(scale: str, seeds: int | None = None, out: Path | None = None, full_grid: bool = False,
           overrides: Sequence[str] = ()) -> Study:
     s = SCALES[scale]
     steps = _steps(s, overrides)

@@ -8,7 +8,8 @@
 #      (python -m data_prep demo-corpus --sources stdlib,packages --site-packages $DATA/pinned-site), into $DATA/raw;
 #   2. a 1024-piece sentencepiece tokenizer trained on it (small models: embeddings stay a fraction of
 #      the parameters): $DATA/tokenizer.model;
-#   3. packed MDS token shards of SEQ_LEN+1 tokens with a held-out val split: $DATA/tokens;
+#   3. packed MDS token shards of SEQ_LEN+1 tokens with a held-out val split, one dataset per source (the
+#      skiplr study pretrains on one source and fine-tunes on another; the merged index serves the rest): $DATA/tokens.
 #   4. the corpus's sha256 and token counts (python -m experiments.corpus fingerprint), printed and written to
 #      $DATA/corpus.json; every study report prints them and says when they differ from the committed results'
 #      corpus (experiments/results/corpus.json).
@@ -61,7 +62,7 @@ fi
 if [ ! -f "$DATA/tokens/manifest.json" ]; then
   step_start "3/3 tokenizing into MDS shards (seq_len $SEQ_LEN)"
   python -m data_prep tokenize --input "$DATA/raw" --output "$DATA/tokens" --tokenizer "$DATA/tokenizer.model" \
-    --seq-len "$SEQ_LEN" --val-fraction "$VAL_FRACTION" ${WORKERS:+--workers "$WORKERS"}
+    --seq-len "$SEQ_LEN" --val-fraction "$VAL_FRACTION" --per-source ${WORKERS:+--workers "$WORKERS"}
   step_end tokenize
 else
   echo "== 3/3 tokens: $DATA/tokens/manifest.json exists, skipped"

@@ -12,7 +12,8 @@ In-process runs (a world of one without a launcher)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ._version import __version__  # noqa: F401  (re-exported)
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .trainer import TrainResult
 
 
-def train(config: "str | Path", overrides: Sequence[str] = (), *, stop_after_steps: int = 0) -> "TrainResult":
+def train(config: str | Path, overrides: Sequence[str] = (), *, stop_after_steps: int = 0) -> TrainResult:
     """Train ``config`` with ``KEY=VALUE`` overrides in this process; see :func:`pretrain.trainer.train`."""
     from .trainer import train as _train
 

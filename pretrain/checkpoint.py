@@ -39,9 +39,10 @@ import pickle
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal
 
 from data_prep.fsutil import atomic_write_bytes, sha256_file
 
@@ -61,7 +62,7 @@ Verify = Literal["hash", "size", "none"]
 
 @dataclass
 class CheckpointConfig:
-    dir: Optional[str] = None  # default: <run_dir>/checkpoints
+    dir: str | None = None  # default: <run_dir>/checkpoints
     interval: int = 0  # save every N updates; 0: only at the end (and on preemption)
     interval_minutes: float = 0.0  # also save when this much time passed since the last save; 0: off
     keep_last: int = 2  # complete checkpoints kept besides the permanent ones (older ones are pruned)
@@ -70,10 +71,10 @@ class CheckpointConfig:
     permanent: list[int] = field(default_factory=list)  # steps saved and never pruned (branch points)
     permanent_every: int = 0  # also every N steps, permanently (a grid of branch points); 0: off
     schedule_branch_points: bool = False  # also keep the schedule's own branch points (end of warmup, ...)
-    branch_from: Optional[str] = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
+    branch_from: str | None = None  # start from another run's checkpoint dir (.../checkpoints/step_N)
     # A fresh run (step 0, a fresh optimizer of any kind and schedule) from other weights (also model.init_from):
     # "hf:DIR" Hugging Face Llama/Phi-3 weights, or PATH one of our checkpoints (RUN/checkpoints/step_N, or a merge's)
-    init_from: Optional[str] = None
+    init_from: str | None = None
     load_optimizer_state: bool = True  # false: a branch takes the parent's weights and counters, a fresh optimizer
     restore_rng: bool = True  # restore every rank's RNG states (False only to show what exactness needs)
     load_data_state: bool = True  # continue the saved data order; false: a fresh order (a branch onto new data)
@@ -101,7 +102,7 @@ class CheckpointConfig:
         return problems
 
     @property
-    def init_checkpoint(self) -> Optional[str]:
+    def init_checkpoint(self) -> str | None:
         """``init_from`` when it names one of our checkpoints (not ``hf:``); else None."""
         if self.init_from is None or self.init_from.startswith("hf:"):
             return None
@@ -198,7 +199,7 @@ class CheckpointDir:
         self.verify_mode = verify
 
     @classmethod
-    def open(cls, path: Path, verify: Verify = "hash") -> tuple["CheckpointDir", str]:
+    def open(cls, path: Path, verify: Verify = "hash") -> tuple[CheckpointDir, str]:
         """(its directory, tag) of one complete checkpoint given by its path; CheckpointError for anything else.
 
         The one check of a checkpoint named by a user (``--branch-from``, ``evaluate``, ``export``, ...).
@@ -215,7 +216,7 @@ class CheckpointDir:
             raise CheckpointError(f"checkpoint {tag!r} is outside the checkpoint directory {self.root}")
         return path
 
-    def tag_of(self, tag: Optional[str] = None) -> str:
+    def tag_of(self, tag: str | None = None) -> str:
         """``tag`` if it is complete (else CheckpointError naming the complete ones), or the newest complete one."""
         complete = self.complete_tags()
         if tag is None:
@@ -238,7 +239,7 @@ class CheckpointDir:
     def marker(self, tag: str) -> dict[str, Any]:
         return json.loads((self.root / tag / MARKER).read_text())
 
-    def verify(self, tag: str, mode: Optional[Verify] = None) -> list[str]:
+    def verify(self, tag: str, mode: Verify | None = None) -> list[str]:
         """Problems with ``tag``'s files against its manifest: ``'<file>: <what>'``; [] if sound."""
         mode = mode or self.verify_mode
         path = self.root / tag
@@ -262,7 +263,7 @@ class CheckpointDir:
                 bad.append(f"{f}: sha256 differs from the manifest")
         return bad
 
-    def newest_sound(self) -> Optional[str]:
+    def newest_sound(self) -> str | None:
         """The newest complete checkpoint whose files check out, warning about each one skipped.
 
         None when there is no complete checkpoint; CheckpointError when there are
@@ -326,7 +327,7 @@ class CheckpointDir:
             raise CheckpointError(f"checkpoint {self.root / tag}: files differ from its manifest: {'; '.join(problems)}")
 
     # -- loading -----------------------------------------------------------------------------
-    def load(self, engine, tag: str, dist: DistInfo, load_dir: Optional[Path] = None) -> dict[str, Any]:
+    def load(self, engine, tag: str, dist: DistInfo, load_dir: Path | None = None) -> dict[str, Any]:
         """Load weights and optimizer state of ``tag``; return this rank's trainer state.
 
         ``load_dir`` holds the DeepSpeed files when they were converted (universal
@@ -426,7 +427,7 @@ def optimizer_steps_to_device(optimizer) -> int:
 
 
 def commit(path: Path, marker: dict[str, Any], pause=lambda phase: None,
-           files: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+           files: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Seal the files under ``path``: the manifest (size and sha256 of each; ``files`` when the ranks hashed them
     already), then the COMPLETE marker."""
     if files is None:
@@ -485,7 +486,7 @@ class CheckpointSaver:
         barrier()
         return path
 
-    def _commit(self, path: Path, state, permanent: bool, files: Optional[dict[str, dict[str, Any]]] = None) -> None:
+    def _commit(self, path: Path, state, permanent: bool, files: dict[str, dict[str, Any]] | None = None) -> None:
         rank = self.dist.rank
         marker = {
             "step": state.step,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
-def _range(lo: Optional[float], hi: Optional[float], lo_open: bool = False, hi_open: bool = False) -> str:
+def _range(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
     if lo is not None and hi is not None:
         return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if lo is not None:
@@ -24,7 +24,7 @@ def _range(lo: Optional[float], hi: Optional[float], lo_open: bool = False, hi_o
     return "finite"
 
 
-def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], int]:
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in ``[lo, hi]`` (either end open when None)."""
     want = f"an integer {_range(lo, hi)}" if (lo is not None or hi is not None) else "an integer"
 
@@ -41,7 +41,7 @@ def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str
     return parse
 
 
-def number(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
            hi_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number in the range (``lo_open``/``hi_open``: that end excluded)."""
     want = f"a finite number {_range(lo, hi, lo_open, hi_open)}" if (lo is not None or hi is not None) \

@@ -22,8 +22,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Union
 
 from .errors import ConfigError  # noqa: F401  (re-exported: the loader raises it)
 
@@ -220,7 +221,7 @@ def _get_dotted(obj: Any, name: str) -> Any:
     return obj
 
 
-def convert(value: Any, tp: Any, key: str = "") -> tuple[Any, Optional[str]]:
+def convert(value: Any, tp: Any, key: str = "") -> tuple[Any, str | None]:
     """``value`` converted to type ``tp`` (as a config field of that type), and None; or (None, what was expected)."""
     trial = Problems(Sources(""))
     out = _convert(value, tp, key, trial)

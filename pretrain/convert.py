@@ -25,8 +25,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 from .checkpoint import MARKER, CheckpointDir, CheckpointError, atomic_write_text
 
@@ -43,7 +43,7 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
-def _source_id(source: Path) -> Optional[str]:
+def _source_id(source: Path) -> str | None:
     try:
         return json.loads((source / MARKER).read_text()).get("manifest_sha256")
     except (OSError, ValueError):
@@ -119,7 +119,7 @@ def resolve_source(path: Path) -> tuple[Path, Path]:
                           f"complete checkpoint (a step_NNNNNNNN directory with a {MARKER} marker)")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .cli_numbers import integer
     from .errors import EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR
     from .outputs import OutputError, check_disjoint, check_replaceable

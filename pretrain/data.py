@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 SPLITS = ("train", "val")
 
@@ -61,7 +62,7 @@ def _machine_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def _mapped_shm_names() -> Optional[set[str]]:
+def _mapped_shm_names() -> set[str] | None:
     """Names of the /dev/shm segments some live process on this machine has mapped; None if that cannot be told
     for a process that might be a run (a Python process of ours whose memory map cannot be read): then
     nothing is cleaned."""
@@ -105,7 +106,8 @@ def _clean_unmapped_segments() -> int:
 
     if not os.path.isdir("/dev/shm"):
         return 0
-    pattern = re.compile(r"^\d{6}_(%s)$" % "|".join(re.escape(n.lstrip("_")) for n in SHM_TO_CLEAN))
+    names = "|".join(re.escape(n.lstrip("_")) for n in SHM_TO_CLEAN)
+    pattern = re.compile(rf"^\d{{6}}_({names})$")
     uid = os.getuid()
     candidates = []
     for name in os.listdir("/dev/shm"):
@@ -176,13 +178,13 @@ def is_remote(path: str) -> bool:
 @dataclass
 class DataConfig:
     path: str  # directory written by `python -m data_prep tokenize`: local, or a URL (s3://, gs://, ...)
-    tokenizer: Optional[str] = None  # sentencepiece .model or tokenizer.json; default: the one the manifest names
-    seq_len: Optional[int] = None  # training context; default (and maximum): the shards' seq_len
+    tokenizer: str | None = None  # sentencepiece .model or tokenizer.json; default: the one the manifest names
+    seq_len: int | None = None  # training context; default (and maximum): the shards' seq_len
     shuffle: bool = True
     num_workers: int = 0  # DataLoader worker processes per rank
     validate_hash: bool = True  # check each shard's sha1 on first read (corruption is an error)
     mix: dict[str, float] = field(default_factory=dict)  # per-source data: {source: proportion} summing to 1; {} = natural
-    cache_dir: Optional[str] = None  # local copy of remote data (default ~/.cache/pretrain/<hash of path>); set it
+    cache_dir: str | None = None  # local copy of remote data (default ~/.cache/pretrain/<hash of path>); set it
     # for a local path too to stream from a shared filesystem into a local disk
     download_timeout: float = 120.0  # seconds per file fetched from the remote
     # data.tokenizer may differ from the file the data was tokenized with (its sha256 in the manifest) only when
@@ -203,7 +205,7 @@ class DataConfig:
             problems.append(("mix", "finite proportions"))
         return problems
 
-    def build(self) -> "DataSource":
+    def build(self) -> DataSource:
         """What reads the data this config names."""
         return DataSource(self)
 
@@ -233,7 +235,7 @@ class DataSource:
 
         return Path.home() / ".cache" / "pretrain" / hashlib.sha256(self.cfg.path.encode()).hexdigest()[:16]
 
-    def _remote(self, rel: str) -> Optional[str]:
+    def _remote(self, rel: str) -> str | None:
         return f"{self.cfg.path.rstrip('/')}/{rel}" if self.streamed else None
 
     def fetch(self, rel: str) -> Path:
@@ -401,7 +403,7 @@ class DataSource:
             problems.append(("tokenizer", self.cfg.tokenizer, "an existing tokenizer file: a sentencepiece model (.model) or a tokenizer.json (not found)"))
         return problems
 
-    def tokenizer_path(self, manifest: Optional[dict[str, Any]] = None) -> Optional[str]:
+    def tokenizer_path(self, manifest: dict[str, Any] | None = None) -> str | None:
         if self.cfg.tokenizer:
             return self.cfg.tokenizer
         manifest = manifest if manifest is not None else self.manifest()

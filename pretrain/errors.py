@@ -17,7 +17,7 @@ code   constant                     meaning
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 EXIT_CONFIG_ERROR = 2
 EXIT_CHECKPOINT_ERROR = 3

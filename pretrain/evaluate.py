@@ -19,11 +19,11 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 
-def _manifest(path: str) -> Optional[dict]:
+def _manifest(path: str) -> dict | None:
     """The manifest of a local data directory, None when there is none to read."""
     if "://" in path:
         return None
@@ -35,7 +35,7 @@ def _manifest(path: str) -> Optional[dict]:
         return None
 
 
-def tokenizer_mismatch(run_data, data_path: str, data_manifest: dict) -> Optional[str]:
+def tokenizer_mismatch(run_data, data_path: str, data_manifest: dict) -> str | None:
     """Why ``data_path`` (its manifest ``data_manifest``) was not tokenized like the run's data ``run_data``
     (a DataConfig), or None. Compared: the manifests' ``tokenizer.sha256`` and ``vocab_size``; without a run
     manifest, the run's ``data.tokenizer`` file."""
@@ -62,8 +62,8 @@ def tokenizer_mismatch(run_data, data_path: str, data_manifest: dict) -> Optiona
     return None
 
 
-def evaluate(checkpoint: str | Path, data: Optional[str] = None, max_samples: Optional[int] = None,
-             batch_size: Optional[int] = None, verify: bool = True, allow_other_tokenizer: bool = False) -> dict:
+def evaluate(checkpoint: str | Path, data: str | None = None, max_samples: int | None = None,
+             batch_size: int | None = None, verify: bool = True, allow_other_tokenizer: bool = False) -> dict:
     """{"val_loss", "val_ppl", "val_loss/<source>"..., "step", "checkpoint"} of ``checkpoint``.
 
     Refused (ValueError) before the model is loaded: ``max_samples`` or ``batch_size`` below 1, ``data``
@@ -127,7 +127,7 @@ def evaluate(checkpoint: str | Path, data: Optional[str] = None, max_samples: Op
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .cli_numbers import integer
     from .config_loader import ConfigError

@@ -41,8 +41,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pretrain.hf import (  # noqa: F401  (re-exported: the export's callers and tests import them from here)
     ARCHITECTURES,
@@ -77,7 +78,7 @@ _write_tokenizer = write_tokenizer  # its old name here
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[str] = None,
+def load_gpt(run_dir: Path, tag: str | None = None, checkpoint_dir: str | None = None,
              verify: bool = True) -> tuple[GPT, str, dict[str, Any]]:
     """``(model in fp32 eval mode, tag, run config dict)`` from a run's checkpoint."""
     from pretrain.checkpoint import CheckpointError
@@ -100,10 +101,10 @@ def load_gpt(run_dir: Path, tag: Optional[str] = None, checkpoint_dir: Optional[
 # ---- tokenizer ---------------------------------------------------------------------------------
 
 
-def _sentencepiece_info(tok: Optional[Path]) -> tuple[dict[str, tuple[Optional[int], Optional[str]]], bool]:
+def _sentencepiece_info(tok: Path | None) -> tuple[dict[str, tuple[int | None, str | None]], bool]:
     """``({"bos"|"eos"|"unk": (id, piece)}, adds_dummy_prefix)`` of a sentencepiece model
     (ids None without one)."""
-    ids: dict[str, tuple[Optional[int], Optional[str]]] = {"bos": (None, None), "eos": (None, None), "unk": (None, None)}
+    ids: dict[str, tuple[int | None, str | None]] = {"bos": (None, None), "eos": (None, None), "unk": (None, None)}
     if tok is None:
         return ids, False
     import sentencepiece as spm
@@ -116,7 +117,7 @@ def _sentencepiece_info(tok: Optional[Path]) -> tuple[dict[str, tuple[Optional[i
     return ids, bool(pieces) and pieces[0].startswith("\u2581")
 
 
-def _tokenizers_info(tok: Path) -> dict[str, tuple[Optional[int], Optional[str]]]:
+def _tokenizers_info(tok: Path) -> dict[str, tuple[int | None, str | None]]:
     """``{"bos"|"eos"|"unk": (id, token)}`` of a tokenizer.json (data_prep's names for them)."""
     from data_prep.tokenizer import HFTokenizer
 
@@ -130,7 +131,7 @@ def _tokenizers_info(tok: Path) -> dict[str, tuple[Optional[int], Optional[str]]
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what every export writes: an earlier export holds them
 
 
-def _check_out(out: Path, overwrite: bool, inputs: dict[str, Optional[Path]]) -> None:
+def _check_out(out: Path, overwrite: bool, inputs: dict[str, Path | None]) -> None:
     """The output rule (:mod:`pretrain.outputs`) for ``--out``, before any work: ExportError naming the path."""
     from pretrain.outputs import OutputError, check_disjoint, check_replaceable
 
@@ -141,7 +142,7 @@ def _check_out(out: Path, overwrite: bool, inputs: dict[str, Optional[Path]]) ->
         raise ExportError(str(e)) from None
 
 
-def _run_data_manifest(rundir) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+def _run_data_manifest(rundir) -> tuple[Path | None, dict[str, Any] | None]:
     """``(path, contents)`` of the manifest of the data the run trained on, when it can be read here."""
     data = rundir.config_dict.get("data") or {}
     path = data.get("path")
@@ -182,8 +183,8 @@ def tokenizer_problems(tok: Path, config: GPTConfig, rundir) -> list[str]:
     return problems
 
 
-def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt: str = "llama",
-           checkpoint_dir: Optional[str] = None, dtype: str = "float32", overwrite: bool = False,
+def export(run_dir: str | Path, out: str | Path, tag: str | None = None, fmt: str = "llama",
+           checkpoint_dir: str | None = None, dtype: str = "float32", overwrite: bool = False,
            verify: bool = True, log=print) -> Path:
     """Write ``out`` (see the module docstring); return its path.
 
@@ -250,7 +251,7 @@ def export(run_dir: str | Path, out: str | Path, tag: Optional[str] = None, fmt:
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="run directory (holds config.yaml and checkpoints/)")
     p.add_argument("--out", required=True, help="output directory (written atomically; outside the run directory, "
@@ -264,7 +265,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         export(args.run_dir, args.out, args.tag, args.format, args.checkpoint_dir, args.dtype,

@@ -20,7 +20,7 @@ import functools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 Precision = Literal["bf16", "fp16", "fp32"]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -67,7 +67,7 @@ class Hardware:
     def cpu_bf16_fast(self) -> bool:
         return self.cpu_bf16_slow_reason() is None
 
-    def cpu_bf16_slow_reason(self) -> Optional[str]:
+    def cpu_bf16_slow_reason(self) -> str | None:
         """Why bf16 matmuls are slow on this CPU, or None when they are fast."""
         if not (self.amx_bf16 or self.avx512_bf16):
             return f"cpu: {self.cpu_capability}, no AMX or AVX512_BF16"
@@ -116,7 +116,7 @@ def _flag(torch, name: str) -> bool:
 class PrecisionChoice:
     precision: Precision
     reason: str  # one line, e.g. "cpu: AVX2, no AMX or AVX512_BF16"
-    warning: Optional[str] = None  # the request works but is a bad idea here
+    warning: str | None = None  # the request works but is a bad idea here
 
     def __str__(self) -> str:
         return f"{self.precision} ({self.reason})"
@@ -200,12 +200,12 @@ def plan_threads(hw: Hardware, local_ranks: int, loader_workers: int = 0) -> Thr
 
 # -- peak FLOP/s --------------------------------------------------------------------------------
 
-def gpu_peak_flops(name: str) -> Optional[float]:
+def gpu_peak_flops(name: str) -> float | None:
     """The dense bf16 peak of a GPU by name, or None when the table does not know it."""
     return next((v for k, v in GPU_PEAK_BF16 if k in name), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_flops(dtype, threads: int, size: int = 1024, seconds: float = 0.3) -> float:
     """Measured FLOP/s of a square matmul of ``dtype`` on ``threads`` CPU threads (best of short repeats).
 
@@ -234,7 +234,7 @@ def matmul_flops(dtype, threads: int, size: int = 1024, seconds: float = 0.3) ->
         torch.set_num_threads(before)
 
 
-def peak_flops(hw: Hardware, precision: str, threads: int, override_tflops: Optional[float] = None) -> tuple[Optional[float], str]:
+def peak_flops(hw: Hardware, precision: str, threads: int, override_tflops: float | None = None) -> tuple[float | None, str]:
     """(peak FLOP/s of one rank for MFU, where it came from); (None, why) when unknown."""
     if override_tflops:
         return override_tflops * 1e12, "train.peak_tflops"

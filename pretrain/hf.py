@@ -37,8 +37,9 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pretrain.model.config import GPTConfig
 
@@ -78,7 +79,7 @@ def unsupported(config: GPTConfig, fmt: str) -> list[str]:
     return reasons
 
 
-def hf_config(config: GPTConfig, fmt: str, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+def hf_config(config: GPTConfig, fmt: str, bos_id: int | None = None, eos_id: int | None = None,
               dtype: str = "float32") -> dict[str, Any]:
     """The ``config.json`` of the Hugging Face model (after :func:`unsupported` is empty)."""
     common = {
@@ -216,7 +217,7 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def write_hf(dest: Path, tensors: dict[str, torch.Tensor], config: GPTConfig, fmt: str, dtype: str = "float32",
-             bos_id: Optional[int] = None, eos_id: Optional[int] = None, source: str = "") -> None:
+             bos_id: int | None = None, eos_id: int | None = None, source: str = "") -> None:
     """``dest/model.safetensors`` (``tensors`` from :func:`hf_tensors`, ``source`` in its metadata) and
     ``dest/config.json`` (:func:`hf_config`). ``dest`` is an existing directory; the caller stages it."""
     from safetensors.torch import save_file
@@ -226,7 +227,7 @@ def write_hf(dest: Path, tensors: dict[str, torch.Tensor], config: GPTConfig, fm
     (dest / CONFIG_FILE).write_text(json.dumps(hf_config(config, fmt, bos_id, eos_id, dtype), indent=2) + "\n")
 
 
-def write_tokenizer(tok: Path, kind: str, dest: Path, special: dict[str, tuple[Optional[int], Optional[str]]],
+def write_tokenizer(tok: Path, kind: str, dest: Path, special: dict[str, tuple[int | None, str | None]],
                     dummy_prefix: bool, max_seq_len: int) -> None:
     """The run's tokenizer into ``dest``, set up to encode exactly as data_prep did: no BOS/EOS added.
 
@@ -373,7 +374,7 @@ def _read(names: dict[str, tuple[str, ...]], where: dict[str, Path], handles: di
                             f"(for {' + '.join(ours)})")
             continue
         parts = handles[where[hf]].get_tensor(hf).float().split([s[0] for s in sizes], dim=0)
-        sd.update(zip(ours, parts))
+        sd.update(zip(ours, parts, strict=True))
 
 
 def load_hf(directory: str | Path, config: GPTConfig) -> tuple[dict[str, torch.Tensor], list[Path]]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 # lm_eval itself is imported where it is used (main, lm_class, the rolling windows): importing it
 # costs ~0.3 s, and `import pretrain.lm_eval` must stay cheap.
@@ -60,7 +61,7 @@ def resolve_checkpoint(path: str | Path, verify: bool = True):
     return ckpts, tag
 
 
-def load(checkpoint: str | Path, device: str = "cpu", dtype: str = "float32", tokenizer: Optional[str] = None,
+def load(checkpoint: str | Path, device: str = "cpu", dtype: str = "float32", tokenizer: str | None = None,
          verify: bool = True):
     """``(model on device in eval mode, tokenizer, info dict)`` of ``checkpoint`` (see the module docstring)."""
     import torch
@@ -97,8 +98,8 @@ class NativeScorer:
     context stands for.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: Optional[int] = None,
-                 prefix_id: Optional[int] = None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
+                 prefix_id: int | None = None):
         import torch
 
         self.model, self.tok = model, tokenizer
@@ -221,7 +222,7 @@ class NativeScorer:
                 logits = self._logits(rows)
                 nxt = logits[torch.arange(len(rows), device=logits.device),
                              torch.tensor([len(r) - 1 for r in rows], device=logits.device)].argmax(-1).tolist()
-                for j, t in zip(live, nxt):
+                for j, t in zip(live, nxt, strict=True):
                     if self.eos_id is not None and t == self.eos_id:
                         j["text"] = self._decode_after(j["ids"], j["gen"])
                         continue
@@ -249,7 +250,7 @@ def lm_class():
     from lm_eval.api.model import LM
 
     class PretrainLM(LM):
-        def __init__(self, model, tokenizer, batch_size: int = 16, max_length: Optional[int] = None):
+        def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = None):
             super().__init__()
             self.scorer = NativeScorer(model, tokenizer, batch_size, max_length)
             self._device = self.scorer.device
@@ -265,21 +266,21 @@ def lm_class():
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             args = [r.args for r in requests]
             out = self.scorer.loglikelihood(args)
-            for a, o in zip(args, out):
+            for a, o in zip(args, out, strict=True):
                 self.cache_hook.add_partial("loglikelihood", a, o)
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
             args = [r.args for r in requests]
             out = self.scorer.loglikelihood_rolling([a[0] for a in args])
-            for a, o in zip(args, out):
+            for a, o in zip(args, out, strict=True):
                 self.cache_hook.add_partial("loglikelihood_rolling", a, o)
             return out
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             args = [r.args for r in requests]
             out = self.scorer.generate(args)
-            for a, o in zip(args, out):
+            for a, o in zip(args, out, strict=True):
                 self.cache_hook.add_partial("generate_until", a, o)
             return out
 
@@ -304,7 +305,7 @@ def _limit(s: str) -> float | int:
     return int(v) if v >= 1 else v
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from .cli_numbers import integer
 
     p = argparse.ArgumentParser(prog="python -m pretrain.lm_eval", description=__doc__.splitlines()[0])
@@ -329,9 +330,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The lm-eval results dict of ``args`` (parsed by :func:`parse_args`), with our ``checkpoint`` info."""
-    import torch
-
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import lm_eval  # noqa: F401

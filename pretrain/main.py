@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .distributed import world_from_env
 from .errors import EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR, ConfigError, LaunchError
-
 
 
 def _steps(text: str) -> int:
@@ -26,7 +25,7 @@ def _steps(text: str) -> int:
     return value
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="pretrain.py",
         description="Pretrain a GPT with DeepSpeed. Settings come from the YAML; override any of them with "
@@ -47,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .hardware import choose_precision, detect, plan_threads
     from .run_config import load_and_resolve, plan_text
 

@@ -35,11 +35,21 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
-from .checkpoint import (MARKER, POINTER, TAG_RE, WEIGHTS, CheckpointDir, CheckpointError, atomic_write_text, commit,
-                         step_of, tag_for)
+from .checkpoint import (
+    MARKER,
+    POINTER,
+    TAG_RE,
+    WEIGHTS,
+    CheckpointDir,
+    CheckpointError,
+    atomic_write_text,
+    commit,
+    step_of,
+    tag_for,
+)
 from .cli_numbers import integer
 from .outputs import check_disjoint, check_replaceable, staged_dir
 
@@ -159,7 +169,7 @@ def check_tags(tags: Sequence[str], flag: str = "--steps") -> None:
 
 
 def check_out(ckpts: CheckpointDir, tags: Sequence[str], out: Path, overwrite: bool,
-              inputs: Optional[Mapping[str, Path]] = None) -> Path:
+              inputs: Mapping[str, Path] | None = None) -> Path:
     """Every check of where the merge goes, before anything is written; return the checkpoint it writes.
 
     ``out`` may not be, contain or lie inside the checkpoint directory, any source checkpoint or ``inputs``;
@@ -175,9 +185,9 @@ def check_out(ckpts: CheckpointDir, tags: Sequence[str], out: Path, overwrite: b
     return final
 
 
-def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", out: Optional[Path] = None,
+def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", out: Path | None = None,
           verify: bool = True, log=print, overwrite: bool = False,
-          inputs: Optional[Mapping[str, Path]] = None) -> Path:
+          inputs: Mapping[str, Path] | None = None) -> Path:
     """Write the weighted average of ``tags``' weights as a checkpoint; return its directory.
 
     The output rule (:mod:`pretrain.outputs`, :func:`check_out`) is checked before any work; an earlier merge
@@ -197,7 +207,7 @@ def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", ou
         if verify:
             ckpts.check(tag)
     total: dict[str, torch.Tensor] = {}
-    for tag, w in zip(tags, weights):
+    for tag, w in zip(tags, weights, strict=True):
         sd = ckpts.fp32_weights(tag)
         log(f"  {ckpts.root / tag}: weight {w:.4f}")
         for k, v in sd.items():
@@ -224,7 +234,7 @@ def merge(ckpts: CheckpointDir, tags: Sequence[str], method: str = "uniform", ou
     return final
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pretrain.merge", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run directory written by pretrain.py")
     which = p.add_mutually_exclusive_group(required=True)
@@ -246,7 +256,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .config_loader import ConfigError
     from .rundir import RunDir, RunDirError
 

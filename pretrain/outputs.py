@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-Owner = Union[Sequence[str], Callable[[Path], bool]]
+Owner = Sequence[str] | Callable[[Path], bool]
 
 
 class OutputError(ValueError):

@@ -70,9 +70,10 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 GiB = 2**30
 DEFAULT_MFU = 0.40
@@ -96,7 +97,7 @@ class Device:
     cuda: bool = True
 
     @property
-    def peak_flops(self) -> Optional[float]:
+    def peak_flops(self) -> float | None:
         from .hardware import gpu_peak_flops
 
         return gpu_peak_flops(self.peak_name) if self.cuda else None
@@ -153,12 +154,12 @@ class DSSettings:
     allgather_bucket_size: float
     prefetch_bucket_size: float
     max_live_parameters: float
-    grad_accum_dtype: Optional[str]  # None: the model's dtype
-    communication_data_type: Optional[str]  # None: the model's dtype
+    grad_accum_dtype: str | None  # None: the model's dtype
+    communication_data_type: str | None  # None: the model's dtype
     path: str = ""
 
     @classmethod
-    def from_dict(cls, ds: dict, path: str = "<ds config>") -> "DSSettings":
+    def from_dict(cls, ds: dict, path: str = "<ds config>") -> DSSettings:
         if not isinstance(ds, dict):
             raise PlanError(f"{path}: expected a JSON object")
         zero = ds.get("zero_optimization") or {}
@@ -195,10 +196,10 @@ class Layout:
     stage: int
     checkpointing: bool
     micro_batch: int
-    grad_accum: Optional[int]
+    grad_accum: int | None
     ds_path: str
 
-    def changes_from(self, other: "Layout") -> list[str]:
+    def changes_from(self, other: Layout) -> list[str]:
         out = []
         if self.stage != other.stage:
             out.append(f"deepspeed.config={self.ds_path} (ZeRO-{self.stage})")
@@ -222,16 +223,16 @@ class MemoryPlan:
     layout: Layout
     ds: DSSettings
     parts: list[Part]
-    tokens_per_update: Optional[int] = None
+    tokens_per_update: int | None = None
     flops_per_token: float = 0.0
     mfu: float = DEFAULT_MFU
-    step_s: Optional[float] = None
-    tokens_per_s: Optional[float] = None
-    max_steps: Optional[int] = None
+    step_s: float | None = None
+    tokens_per_s: float | None = None
+    max_steps: int | None = None
     checkpoint_bytes: float = 0.0
     keep_last: int = 1
     config_problems: list[str] = field(default_factory=list)
-    suggestions: list[tuple[list[str], "MemoryPlan"]] = field(default_factory=list)
+    suggestions: list[tuple[list[str], MemoryPlan]] = field(default_factory=list)
 
     # -- totals -----------------------------------------------------------------------------
     def _sum(self, phase: str) -> float:
@@ -469,7 +470,7 @@ def _read_ds(path: str) -> DSSettings:
     raise PlanError(f"deepspeed.config = {path!r}: expected an existing DeepSpeed JSON file (not found)")
 
 
-def _data_manifest(cfg) -> Optional[dict]:
+def _data_manifest(cfg) -> dict | None:
     """The data's manifest when the config's data directory is readable, else None (the plan needs no data)."""
     try:
         data = cfg.data.build()
@@ -486,8 +487,8 @@ def _positive_int(value, what: str) -> int:
     return value
 
 
-def plan_memory(cfg, gpus: int, gpu: str, *, seq_len: Optional[int] = None, precision: Optional[str] = None,
-                mfu: float = DEFAULT_MFU, suggest: bool = True, _layout: Optional[Layout] = None) -> MemoryPlan:
+def plan_memory(cfg, gpus: int, gpu: str, *, seq_len: int | None = None, precision: str | None = None,
+                mfu: float = DEFAULT_MFU, suggest: bool = True, _layout: Layout | None = None) -> MemoryPlan:
     """The per-GPU memory, time and checkpoint plan of ``cfg`` (a loaded, unresolved RunConfig) on ``gpus`` x ``gpu``.
 
     ``gpu``: a key of :data:`GPUS`, or ``cpu`` (this machine's RAM; no time estimate). ``seq_len`` and
@@ -625,7 +626,7 @@ def _suggestions(cfg, gpus, gpu, seq, precision, mfu, base: MemoryPlan, global_b
 
 # -- the command line -------------------------------------------------------------------------
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pretrain.plan",
         description="Per-GPU memory, step time and checkpoint size of a run before it is queued. "
@@ -654,7 +655,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """0: it fits; 1: it does not (the problems say why and what would fit); 2: bad arguments or config."""
     from .config_loader import ConfigError
     from .run_config import load_run_config

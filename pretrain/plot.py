@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
 
 from .rundir import read_metrics
 
@@ -25,7 +24,7 @@ def _ema(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str | Path, out: Optional[str | Path] = None, baseline: Optional[float] = None) -> Path:
+def plot_run(run_dir: str | Path, out: str | Path | None = None, baseline: float | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +46,7 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None, baseline: Op
     ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="train loss")
     ax.plot(steps, _ema(loss), color="tab:blue", lw=1.6, label="train loss (EMA 0.9)")
     if val:
-        ax.plot(*zip(*val), "o-", color="tab:orange", lw=1.6, ms=4, label="validation loss")
+        ax.plot(*zip(*val, strict=True), "o-", color="tab:orange", lw=1.6, ms=4, label="validation loss")
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram baseline ({baseline:.3f})")
     ax.set_ylabel("cross-entropy (nats/token)")

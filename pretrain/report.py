@@ -19,7 +19,6 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -45,7 +44,7 @@ class ReportError(ValueError):
     """The directory is no run to report on (the message says what it is instead)."""
 
 
-def _number(record: dict, key: str) -> Optional[float]:
+def _number(record: dict, key: str) -> float | None:
     v = record.get(key)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -101,7 +100,7 @@ def report(run_dir: str | Path) -> dict:
     vals = [r for r in all_records if _number(r, "val_loss") is not None]
     data_dir = (cfg.get("data") or {}).get("path") if isinstance(cfg.get("data"), dict) else None
     try:
-        baseline: Optional[float] = unigram_baseline(data_dir) if isinstance(data_dir, str) else None
+        baseline: float | None = unigram_baseline(data_dir) if isinstance(data_dir, str) else None
     except Exception as e:  # noqa: BLE001  (the data directory moved, was deleted, or is remote)
         partial.append(f"no unigram baseline: the run's data {data_dir} cannot be read ({type(e).__name__}: {e})")
         baseline = None

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -30,7 +30,7 @@ class StartPoint:
     tag: str
     marker: dict[str, Any]
     branch: bool  # from another run's checkpoint
-    load_dir: Optional[Path] = None  # DeepSpeed files converted for another world size
+    load_dir: Path | None = None  # DeepSpeed files converted for another world size
     universal: bool = False
 
     @property
@@ -52,7 +52,7 @@ def _broadcast(obj: Any) -> Any:
     return obj
 
 
-def locate_start(cfg) -> Optional[StartPoint]:
+def locate_start(cfg) -> StartPoint | None:
     """Where a launch of ``cfg`` starts: this run's newest sound checkpoint; else ``checkpoint.branch_from``;
     else None (fresh). Reads only (no collective, nothing written); CheckpointError for a start that cannot be used."""
     own = CheckpointDir(cfg.checkpoint_dir, cfg.checkpoint.verify)
@@ -74,7 +74,7 @@ def locate_start(cfg) -> Optional[StartPoint]:
     return StartPoint(Path(root), tag, marker, branch=branch)
 
 
-def check_start(cfg) -> Optional[StartPoint]:
+def check_start(cfg) -> StartPoint | None:
     """The start checks of a launch, without the launch: where it starts and whether that start fits ``cfg``
     (``pretrain.py --dry-run``). Writes nothing; CheckpointError as the launch would raise it."""
     start = locate_start(cfg)
@@ -83,7 +83,7 @@ def check_start(cfg) -> Optional[StartPoint]:
     return start
 
 
-def find_start(cfg, dist: DistInfo) -> Optional[StartPoint]:
+def find_start(cfg, dist: DistInfo) -> StartPoint | None:
     """:func:`locate_start` decided by rank 0, the same StartPoint (or CheckpointError) on every rank."""
     found: Any = None
     if dist.is_main:
@@ -102,7 +102,7 @@ def find_start(cfg, dist: DistInfo) -> Optional[StartPoint]:
     return StartPoint(Path(root), tag, marker, branch=(kind == "branch"))
 
 
-def _saved_config(path: Path) -> Optional[dict[str, Any]]:
+def _saved_config(path: Path) -> dict[str, Any] | None:
     """The run config saved with the checkpoint ``path`` (None when it has none); CheckpointError if unreadable."""
     saved_cfg_path = path / "config.yaml"
     if not saved_cfg_path.is_file():
@@ -149,7 +149,7 @@ def check_compatible(start: StartPoint, cfg) -> None:
         raise CheckpointError(f"cannot start from {start.path}: its step {start.step} is past train.max_steps = {cfg.train.max_steps}")
 
 
-def weights_only(start: Optional[StartPoint], cfg) -> bool:
+def weights_only(start: StartPoint | None, cfg) -> bool:
     """Whether ``start`` gives the run its weights (and counters) only, with a fresh optimizer state: a merged
     checkpoint (it has no optimizer state), or a branch with ``checkpoint.load_optimizer_state: false``."""
     return start is not None and ("merged" in start.marker or (start.branch and not cfg.checkpoint.load_optimizer_state))

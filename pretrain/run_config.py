@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from typing import TYPE_CHECKING
-
-from .config_loader import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
 from .checkpoint import CheckpointConfig
+from .config_loader import ConfigError, Problems, Sources, apply_overrides, from_dict, load_yaml, to_dict
 from .data import DataConfig
 from .model.config import GPTConfig
 from .optim import OptimizerConfig
@@ -38,17 +37,17 @@ SEED_MAX = 2**32 - 1  # the largest seed numpy (and so streaming's data order) t
 class TrainConfig:
     micro_batch_size: int  # sequences per rank per forward/backward
     # The budget: at least one of these; several must agree (the resolved config has all of them).
-    max_steps: Optional[int] = None  # optimizer updates in the run
-    max_tokens: Optional[int] = None  # training tokens (rounded up to whole updates)
-    tokens_per_param: Optional[float] = None  # tokens per model parameter (TPP; 20 is compute-optimal)
+    max_steps: int | None = None  # optimizer updates in the run
+    max_tokens: int | None = None  # training tokens (rounded up to whole updates)
+    tokens_per_param: float | None = None  # tokens per model parameter (TPP; 20 is compute-optimal)
     # The global batch: one of these (both must agree when both are given).
-    global_batch_size: Optional[int] = None  # sequences per optimizer update, over all ranks
-    global_batch_tokens: Optional[int] = None  # tokens per optimizer update (a multiple of data.seq_len)
-    grad_accum: Optional[int] = None  # default: global / (micro * world size)
+    global_batch_size: int | None = None  # sequences per optimizer update, over all ranks
+    global_batch_tokens: int | None = None  # tokens per optimizer update (a multiple of data.seq_len)
+    grad_accum: int | None = None  # default: global / (micro * world size)
     seed: int = 1234
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: what this hardware runs fast (pretrain/hardware.py)
     compile: bool = False  # torch.compile the model before DeepSpeed wraps it (inductor: C++ on CPU, Triton on GPU)
-    peak_tflops: Optional[float] = None  # per-device peak for MFU; default: the GPU table, or measured on CPU
+    peak_tflops: float | None = None  # per-device peak for MFU; default: the GPU table, or measured on CPU
     max_consecutive_skips: int = 5  # stop after this many updates in a row skipped as non-finite
     spike_window: int = 100  # loss-spike detector: rolling window of updates (0 disables it)
     spike_threshold: float = 6.0  # a loss this many standard deviations above the rolling mean is a spike
@@ -92,7 +91,7 @@ class RunConfig:
     name: str
     data: DataConfig
     train: TrainConfig
-    run_dir: Optional[str] = None  # default: runs/<name>
+    run_dir: str | None = None  # default: runs/<name>
     model: GPTConfig = field(default_factory=GPTConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -165,7 +164,7 @@ def _move_init_from(data: dict[str, Any], sources: Sources) -> None:
         sources.overridden["checkpoint.init_from"] = sources.overridden["model.init_from"]
 
 
-def load_run_config(path: str | Path, overrides: list[str] = (), sources: Optional[Sources] = None) -> RunConfig:
+def load_run_config(path: str | Path, overrides: list[str] = (), sources: Sources | None = None) -> RunConfig:
     """Read ``path``, apply ``key.sub=value`` overrides, and build the typed config.
 
     ``sources``, if given, is filled with where each key came from (for resolve's messages).
@@ -179,7 +178,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), sources: Option
 
 
 def load_and_resolve(path: str | Path, overrides: Sequence[str], world_size: int,
-                     hardware: Optional["Hardware"] = None) -> tuple[RunConfig, dict[str, Any]]:
+                     hardware: Hardware | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """Load, override, check and resolve: the resolved RunConfig and DeepSpeed dict, or one ConfigError."""
     sources = Sources(str(path))
     cfg = load_run_config(path, list(overrides), sources)
@@ -266,7 +265,7 @@ DS_BATCH_KEYS = {
 
 
 def resolve(
-    cfg: RunConfig, world_size: int, source: str | Sources = "<config>", hardware: Optional["Hardware"] = None
+    cfg: RunConfig, world_size: int, source: str | Sources = "<config>", hardware: Hardware | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """Check ``cfg`` against its files, ``world_size`` and ``hardware``; fill derived values.
 
@@ -392,7 +391,7 @@ def resolve(
     return cfg, ds_config
 
 
-def _blocked_dir(path: Path) -> Optional[str]:
+def _blocked_dir(path: Path) -> str | None:
     """Why ``path`` cannot be (or be made) a directory this process writes into; None when it can."""
     import os
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -75,7 +75,7 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path) if (self.path / METRICS).is_file() else []
 
-    def checkpoints(self, override: Optional[str | Path] = None, verify: str = "hash"):
+    def checkpoints(self, override: str | Path | None = None, verify: str = "hash"):
         """The run's :class:`CheckpointDir`: ``override``, else where its config put them."""
         from .checkpoint import CheckpointDir
 
@@ -83,17 +83,17 @@ class RunDir:
             return CheckpointDir(Path(override), verify)  # type: ignore[arg-type]
         return CheckpointDir(self.config.checkpoint.root(self.path), verify)  # type: ignore[arg-type]
 
-    def _json(self, name: str) -> Optional[dict[str, Any]]:
+    def _json(self, name: str) -> dict[str, Any] | None:
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def lineage(self) -> Optional[dict[str, Any]]:
+    def lineage(self) -> dict[str, Any] | None:
         return self._json("lineage.json")
 
-    def hardware(self) -> Optional[dict[str, Any]]:
+    def hardware(self) -> dict[str, Any] | None:
         return self._json("hardware.json")
 
-    def tokenizer_path(self) -> Optional[Path]:
+    def tokenizer_path(self) -> Path | None:
         """The tokenizer file the run used (.model or tokenizer.json): ``data.tokenizer``, else the manifest's."""
         data = self.config_dict.get("data") or {}
         if data.get("tokenizer"):

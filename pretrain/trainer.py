@@ -15,13 +15,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .distributed import DistInfo, all_reduce_sum, barrier
-from .errors import (  # noqa: F401  (re-exported for callers of the trainer)
-    EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR, EXIT_UNSTABLE, LaunchError, TrainingUnstable)
+from .errors import EXIT_CHECKPOINT_ERROR, EXIT_CONFIG_ERROR, EXIT_UNSTABLE, LaunchError, TrainingUnstable  # noqa: F401  (re-exported for callers of the trainer)
+
 
 def build_engine(model, optimizer_cfg, ds_config: dict, device: str, compile: bool = False):
     """The DeepSpeed engine over ``model`` with our optimizer (its param groups, fused AdamW on CUDA)."""
@@ -45,7 +46,7 @@ class TrainResult:
     step: int
     tokens: int
     last: dict[str, Any] = field(default_factory=dict)  # the last metrics record (rank 0)
-    val_loss: Optional[float] = None  # the last validation loss
+    val_loss: float | None = None  # the last validation loss
 
 
 class Trainer:
@@ -61,10 +62,10 @@ class Trainer:
         self.engine = self.loader = self.val = self.saver = None
         self.val_per_source: dict = {}
         self.evaluator = self.logger = self.checkpointer = None
-        self._shm_before: Optional[set[int]] = None  # streaming's shared memory from before this run's data
+        self._shm_before: set[int] | None = None  # streaming's shared memory from before this run's data
         self.start = None  # pretrain.resume.StartPoint, or None for a fresh run
         self.callbacks: list = []
-        self.peak_flops: Optional[float] = None
+        self.peak_flops: float | None = None
         self.checkpointer = None  # training.callbacks.CheckpointCallback
         self.last: dict[str, Any] = {}
 
@@ -77,7 +78,7 @@ class Trainer:
         return self.cfg.out_dir
 
     # -- set-up ------------------------------------------------------------------------------
-    def setup(self) -> "Trainer":
+    def setup(self) -> Trainer:
         import torch
         import yaml
 
@@ -305,8 +306,8 @@ class Trainer:
 
     def _loop(self, batches) -> None:
         from . import faults
-        from .optim import set_lr
         from .distributed import host_all_reduce_sum
+        from .optim import set_lr
         from .training.callbacks import _due
         from .training.loop import SpikeDetector, memory_gb, param_norm
         from .training.step import StepBuffer, StepOutput, train_step
@@ -327,7 +328,7 @@ class Trainer:
         # whose pre-check needs the running statistics): then one all-reduce and one device->host copy for all of
         # them, the stability guards run over them in order, and each gets its own metrics.jsonl record as before.
         buffer = StepBuffer(dist.device, dist.rank, dist.world_size)
-        pending: list[tuple[dict[str, Any], Optional[tuple[float, float]], bool]] = []  # (metrics, spike, skipped)
+        pending: list[tuple[dict[str, Any], tuple[float, float] | None, bool]] = []  # (metrics, spike, skipped)
         first_step = state.step
         last = time.perf_counter()
         while not state.done:
@@ -414,7 +415,7 @@ class Trainer:
         from the all-reduced gradient norm); too many in a row stop the run, naming the steps.
         """
         t, skips = self.cfg.train, self._skips
-        for i, ((metrics, spike, skipped), (loss, z_loss, grad_norm)) in enumerate(zip(pending, values)):
+        for i, ((metrics, spike, skipped), (loss, z_loss, grad_norm)) in enumerate(zip(pending, values, strict=True)):
             step = metrics["step"]
             metrics["loss"], metrics["grad_norm"] = loss, grad_norm
             if "z_loss" in metrics:
@@ -446,7 +447,7 @@ class Trainer:
                 self.logger.on_step_end(self, metrics)
                 self.last = metrics
 
-    def _spike_precheck(self, micro_batches, spikes) -> Optional[tuple[float, float]]:
+    def _spike_precheck(self, micro_batches, spikes) -> tuple[float, float] | None:
         """(loss, z) when this update's batches give a loss spike (an extra forward, same on all ranks)."""
         from .training.step import eval_loss
 
@@ -656,8 +657,8 @@ def train(config: str | Path, overrides: Sequence[str] = (), *, stop_after_steps
     """
     import torch
 
-    from .run_config import load_and_resolve
     from .distributed import world_from_env
+    from .run_config import load_and_resolve
 
     threads_before = torch.get_num_threads()
     with _world_of_one():

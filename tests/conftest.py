@@ -113,7 +113,7 @@ class RankPool:
         self.launches += 1
         results = [self.dir / f"launch{self.launches}_rank{r}.json" for r in range(self.nproc)]
         cmd_env = {**{k: str(v) for k, v in env.items()}, "MASTER_PORT": str(free_port())}
-        for proc, result in zip(self.procs, results):
+        for proc, result in zip(self.procs, results, strict=True):
             proc.stdin.write(json.dumps({"args": list(args), "env": cmd_env, "result": str(result)}) + "\n")
             proc.stdin.flush()
         deadline, failed_at, codes = time.time() + timeout, None, [None] * self.nproc

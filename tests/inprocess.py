@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import io
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def call_pretrain(args: Sequence[str], env: Optional[dict] = None, catch_errors: bool = False) -> tuple[int, str, str]:
+def call_pretrain(args: Sequence[str], env: dict | None = None, catch_errors: bool = False) -> tuple[int, str, str]:
     """The same ``pretrain.main.main`` as the command line: its exit code, stdout and stderr.
 
     A world of one unless RANK and WORLD_SIZE are set. The environment, signal handlers, torch threads and

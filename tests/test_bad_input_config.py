@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pretrain import faults
 from pretrain.config_loader import ConfigError, yaml_load
@@ -67,7 +66,6 @@ def strict_json(line: str):
 ])
 def test_non_finite_float_settings_are_refused(override, key):
     msg = config_error(override)
-    value = override.split("=", 1)[1]
     assert f"command line ({override}): {key} = " in msg and "not finite; expected a finite number" in msg, msg
 
 
@@ -186,7 +184,7 @@ def test_duplicate_key_in_a_dry_run(tiny_data, tmp_path):
 def test_stop_after_steps_must_be_a_count(tmp_path, value):
     res = run_pretrain(["--config", str(DEMO), "--dry-run", "--stop-after-steps", value])
     assert res.returncode == 2
-    assert f"argument --stop-after-steps: " in res.stderr and "expected an integer >= 0" in res.stderr
+    assert "argument --stop-after-steps: " in res.stderr and "expected an integer >= 0" in res.stderr
 
 
 # -- metrics.jsonl -------------------------------------------------------------------------------

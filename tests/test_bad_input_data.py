@@ -335,7 +335,7 @@ def test_four_runs_started_together(tiny_data, tmp_path):
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, run in enumerate(runs)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err), run in zip(procs, outs, runs):
+    for p, (out, err), run in zip(procs, outs, runs, strict=True):
         assert p.returncode == 0, f"{run}: exit {p.returncode}\n{out[-2000:]}\n{err[-4000:]}"
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps[-1] == 2

@@ -4,7 +4,6 @@ the file, the key, the value and what was expected."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 
 from pretrain.config_loader import ConfigError, Sources
 from pretrain.run_config import RunConfig, load_run_config, resolve
-from tests.conftest import ROOT, run_cli, run_pretrain, tiny_overrides
+from tests.conftest import ROOT, run_pretrain, tiny_overrides
 
 DEMO = ROOT / "configs" / "demo_cpu.yaml"
 

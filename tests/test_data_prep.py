@@ -491,7 +491,7 @@ def test_streaming_dataset_reads_back(dataset, tmp_path):
         ours = list(read_tokens(dataset, split))
         theirs = [s["tokens"] for s in ds]
         assert len(theirs) == len(ours)
-        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
         del ds
 
 

@@ -9,8 +9,20 @@ import numpy as np
 import pytest
 import yaml
 
-from pretrain.forecast import (FittedLaw, ForecastError, LAWS, fit_law, lrs_for_config, lrs_for_schedule, mpl,
-                               optimize_schedule, read_run, schedule_override, schedule_yaml, warmup_of)
+from pretrain.forecast import (
+    LAWS,
+    FittedLaw,
+    ForecastError,
+    fit_law,
+    lrs_for_config,
+    lrs_for_schedule,
+    mpl,
+    optimize_schedule,
+    read_run,
+    schedule_override,
+    schedule_yaml,
+    warmup_of,
+)
 from pretrain.forecast.__main__ import main
 from pretrain.forecast.laws import annealing
 from pretrain.run_config import load_run_config
@@ -386,8 +398,8 @@ def test_prede_worste_final_error_and_r2_equal_hand_computed_values():
 
 
 def test_the_law_beats_the_shifted_constant_baseline_and_ranks_with_an_interval():
-    from pretrain.forecast.score import ShiftBaseline, score_runs, spearman_interval
     from pretrain.forecast import RunCurve
+    from pretrain.forecast.score import ShiftBaseline, score_runs, spearman_interval
 
     true = law_of("mpl", MPL_UNIT)
     fit = [RunCurve(lrs, steps, losses, f"fit{i}") for i, (lrs, steps, losses) in enumerate(noisy_runs(true, 0.0))]
@@ -437,7 +449,8 @@ def test_the_study_report_scores_both_laws_and_the_baseline(tmp_path):
     from experiments import forecast
     from experiments.runner import RESULT, RunRecord, StudyResults
 
-    small = ("train.global_batch_size=16",)  # T = 242 updates: a cheap report
+    # T = 242 updates (priced without data, so the same whether or not data/study was built here): a cheap report
+    small = ("train.global_batch_size=16", f"data.path={tmp_path / 'no-data'}")
     study = forecast.build("tiny", overrides=small)
     lr = forecast.SCALES["tiny"].lr
     true = FittedLaw("mpl", LAWS["mpl"].to_raw(MPL_UNIT, lr), lr)  # the law's typical curve at the study's LR

@@ -36,7 +36,7 @@ def test_buffered_records_equal_per_step_sync(tiny_data, tmp_path):
         runs[interval] = records(run_dir)
     every, buffered = runs[1], runs[4]
     assert [r["step"] for r in buffered] == [r["step"] for r in every] == list(range(0, 7))
-    for a, b in zip(every, buffered):
+    for a, b in zip(every, buffered, strict=True):
         assert {k: v for k, v in a.items() if k not in TIMING | EXTRAS} == \
                {k: v for k, v in b.items() if k not in TIMING | EXTRAS}, a["step"]
         assert [k for k in a if k not in EXTRAS] == [k for k in b if k not in EXTRAS]  # the same key order

@@ -171,7 +171,7 @@ def test_gqa_enable_gqa_equals_repeat_interleave(pos, n_kv_heads, monkeypatch):
     assert torch.equal(new, old)  # forward: the same kernel reads kv head h // (H/K)
     # backward: the kv gradient sums the group's heads inside SDPA instead of in repeat_interleave's backward
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
-    for g, p in zip(grads, attn.parameters()):
+    for g, p in zip(grads, attn.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
 
 
@@ -322,7 +322,7 @@ def test_compile_is_per_block_one_graph(overrides):
     for model in (eager, compiled):
         lm_loss(model(idx), idx.roll(-1, 1), 1e-4)[0].backward()
     assert counters["stats"]["unique_graphs"] == 1  # the 3 identical blocks share one graph (fullgraph=True)
-    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
     torch._dynamo.reset()
 
@@ -363,6 +363,6 @@ def test_training_steps_match_old_code(overrides, bitwise, old_model_code):
     if bitwise:
         assert new == old
     else:
-        diff = max(abs(a - b) for rn, ro in zip(new, old) for a, b in zip(rn, ro))
+        diff = max(abs(a - b) for rn, ro in zip(new, old, strict=True) for a, b in zip(rn, ro, strict=True))
         assert diff < 1e-4, (new, old)
     assert all(math.isfinite(x) for row in new for x in row)

@@ -30,7 +30,7 @@ def test_cooldowns_script_generates_runnable_branches(main_checkpoint):
     assert res.returncode == 0, res.stderr
     cmds = [shlex.split(l) for l in res.stdout.splitlines() if l.startswith("deepspeed ")]
     assert len(cmds) == 2
-    for cmd, d in zip(cmds, (2, 5)):
+    for cmd, d in zip(cmds, (2, 5), strict=True):
         assert f"train.max_steps={2 + d}" in cmd and f"run_dir={main_checkpoint.parents[1]}-cooldown{d}" in cmd
         assert cmd[cmd.index("--branch-from") + 1] == str(main_checkpoint)
         # The same arguments pass the trainer's checks (dry run: config, data, schedule, branch source).

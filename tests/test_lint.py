@@ -150,7 +150,6 @@ def test_the_installed_console_scripts_are_pyprojects():
     assert installed == _pyproject()["project"]["scripts"]
 
 
-@pytest.mark.skip(reason="enabled by the lead after the tree-wide fix")
 def test_ruff_is_clean():
     proc = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -109,7 +109,7 @@ def test_loglikelihood_and_rolling_match_the_model(env, loaded):
     L = lm.max_length
     pairs = [(d["question"], c) for d in DOCS for c in d["choices"]] + [("", "hello world")]
     out = lm.loglikelihood(requests(*pairs))
-    for (ctx, cont), (ll, greedy) in zip(pairs, out):
+    for (ctx, cont), (ll, greedy) in zip(pairs, out, strict=True):
         # ours: the continuation's tokens follow the context's in one encoding; an empty context is the EOS
         c = tok.encode(ctx) if ctx else [tok.eos_id]
         x = tok.encode(ctx + cont)[len(c):] if ctx else tok.encode(cont)

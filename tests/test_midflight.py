@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from pretrain.evaluate import main as evaluate_main
 from pretrain.main import parse_args
 from pretrain.schedules import ScheduleConfig
 from pretrain.trainer import LaunchError
-from tests.conftest import ROOT, run_cli, run_data_prep, tiny_overrides
+from tests.conftest import ROOT, run_data_prep, tiny_overrides
 from tests.test_checkpoint import launch, losses, ok
 
 DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
@@ -139,11 +138,10 @@ def test_cooldown_branch_from_a_cosine_run_starts_at_its_lr(tiny_data, tmp_path)
 @pytest.fixture(scope="module")
 def small_data(tiny_data, tmp_path_factory) -> Path:
     """Another tokenized dataset (same tokenizer), far smaller than tiny_data: 10 short documents."""
-    import inspect
-    import textwrap
-
     import argparse as mod_a
+    import inspect
     import json as mod_j
+    import textwrap
 
     root = tmp_path_factory.mktemp("small")
     text = inspect.getsource(mod_a) + inspect.getsource(mod_j)
@@ -196,7 +194,8 @@ def test_options_and_overrides_mix_in_any_order():
 # -- 5. checkpoint merging ------------------------------------------------------------------------
 
 def test_merge_evaluate_export_and_branch(tiny_data, tmp_path, capsys):
-    from pretrain.merge import main as merge_main, merge_weights
+    from pretrain.merge import main as merge_main
+    from pretrain.merge import merge_weights
 
     run_dir = tmp_path / "run"
     assert run(tiny_data, run_dir, **{**CONSTANT, "train.max_steps": 6, "checkpoint.interval": 2,

@@ -31,11 +31,11 @@ def build(seed: int = 0, **overrides) -> GPT:
 
 def test_config_type_hints_are_simple_and_resolvable():
     hints = typing.get_type_hints(GPTConfig)
-    simple = {int, float, bool, str, typing.Optional[int], typing.Optional[float]}
+    simple = {int, float, bool, str, int | None, float | None}
     for f in dataclasses.fields(GPTConfig):
         hint = hints[f.name]
         if f.name == "mup":  # the one nested section: Optional[MuPConfig] of simple fields
-            assert hint == typing.Optional[MuPConfig]
+            assert hint == MuPConfig | None
             assert all(h in simple for h in typing.get_type_hints(MuPConfig).values())
             continue
         assert hint in simple or typing.get_origin(hint) is typing.Literal, (f.name, hint)
@@ -270,7 +270,7 @@ def test_activation_checkpointing_same_gradients(pos):
         mlp.forward = lambda x, mlp=mlp, fwd=mlp.forward: calls.append(mlp) or fwd(x)  # count calls
         F.cross_entropy(model(idx).flatten(0, 1), idx.roll(-1, 1).flatten()).backward()
         assert len(calls) - n == (2 if model is ckpt else 1)  # checkpointed blocks are recomputed
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -280,7 +280,7 @@ def test_activation_checkpointing_same_gradients(pos):
 
 def test_init_deterministic_and_scaled():
     a, b, c = build(seed=3), build(seed=3), build(seed=4)
-    for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
+    for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters(), strict=True):
         assert torch.equal(p, q), name
         if p.ndim == 2:
             assert not torch.equal(p, r), name

@@ -89,7 +89,7 @@ class Nodes:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def __enter__(self) -> "Nodes":
+    def __enter__(self) -> Nodes:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -128,7 +128,7 @@ class Nodes:
 
     def report(self) -> str:
         return "\n".join(f"--- node {i} (exit {p.returncode}): {log}\n{log.read_text()[-5000:]}"
-                         for i, (p, log) in enumerate(zip(self.procs, self.logs)))
+                         for i, (p, log) in enumerate(zip(self.procs, self.logs, strict=True)))
 
 
 def check_two_rank_run(run_dir: Path, steps: int) -> list[dict]:
@@ -350,7 +350,7 @@ def test_torchrun_script_dry_run(tmp_path):
     assert res.returncode == 0, res.stderr
     cmd = shlex.split(res.stdout.strip().splitlines()[-1])
     assert cmd[0] == "torchrun"
-    opt = dict(zip(cmd[1:cmd.index("launch_scripts/keep_exit_code.py"):2], cmd[2:cmd.index("launch_scripts/keep_exit_code.py"):2]))
+    opt = dict(zip(cmd[1:cmd.index("launch_scripts/keep_exit_code.py"):2], cmd[2:cmd.index("launch_scripts/keep_exit_code.py"):2], strict=False))
     assert opt == {"--nnodes": "4", "--nproc_per_node": "8", "--rdzv_backend": "c10d", "--rdzv_endpoint": "node0:29400",
                    "--rdzv_id": "job7", "--rdzv_conf": "join_timeout=900,is_host=0", "--local_addr": "10.0.0.3",
                    "--signals_to_handle": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--shutdown_timeout": "300",

@@ -7,7 +7,6 @@ that trains each spec two steps in a world of one and prints its peak resident-m
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -123,7 +122,7 @@ def test_plan_is_within_25_percent_of_a_measured_cpu_run(tmp_path):
                   env={"DS_ACCELERATOR": "cpu", "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     measured = json.loads(res.stdout.strip().splitlines()[-1])
-    for spec, got in zip(MEASURED, measured):
+    for spec, got in zip(MEASURED, measured, strict=True):
         cfg = cfg_of(spec["model"], spec["seq"], spec["micro"], ds=f"ds_configs/zero{spec['stage']}.json", precision="fp32")
         plan = plan_memory(cfg, 1, "cpu")
         assert got["grown"] > 200e6, got  # the states are many MB: a 25% check means something

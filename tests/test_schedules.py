@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from pretrain.config_loader import ConfigError, from_dict
-from pretrain.optim import OptimizerConfig
-from pretrain.optim import set_lr
+from pretrain.optim import OptimizerConfig, set_lr
 from pretrain.schedules import SCHEDULES, ScheduleConfig, register_schedule
 
 
@@ -25,7 +24,7 @@ def test_linear_d2z_exact():
     assert m[:2] == [0.5, 1.0]
     assert m[2:] == pytest.approx([1 - k / 8 for k in range(1, 9)], abs=1e-15)
     assert m[-1] == 0.0
-    assert all(a >= b for a, b in zip(m[1:], m[2:]))
+    assert all(a >= b for a, b in zip(m[1:], m[2:], strict=False))
 
 
 def test_linear_10x_ends_at_tenth():
@@ -108,7 +107,7 @@ def test_inverse_sqrt_exact():
     cfg = ScheduleConfig(name="inverse_sqrt", warmup_steps=4)
     assert at(cfg, 100, 1, 4, 5, 16, 100) == pytest.approx([0.25, 1.0, math.sqrt(4 / 5), 0.5, 0.2])
     m = cfg.build(100).multipliers()
-    assert all(a >= b for a, b in zip(m[3:], m[4:]))
+    assert all(a >= b for a, b in zip(m[3:], m[4:], strict=False))
 
 
 def test_cyclic_exact():
@@ -137,7 +136,7 @@ def test_wsd_exact(shape, mid):
     )
     assert at(cfg, 100, 81)[0] < 1.0
     m = cfg.build(100).multipliers()
-    assert all(a >= b for a, b in zip(m[9:], m[10:]))
+    assert all(a >= b for a, b in zip(m[9:], m[10:], strict=False))
     # decay given in steps, ending at 10x
     steps = ScheduleConfig(name="wsd", warmup_steps=0, end_ratio=0.1, params={"decay_steps": 20, "shape": shape})
     assert at(steps, 100, 80, 100) == pytest.approx([1.0, 0.1])
@@ -278,8 +277,9 @@ def test_alpha_of_one_or_more_is_refused():
 
 
 def test_schedules_cli_prints_and_plots(tmp_path):
-    from tests.conftest import ROOT, run_cli
     import sys
+
+    from tests.conftest import ROOT, run_cli
 
     out = tmp_path / "s.png"
     res = run_cli([sys.executable, "-m", "pretrain.schedules", "--config", str(ROOT / "configs/demo_cpu.yaml"),

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from experiments import build_study
 from experiments.runner import Runner, default_slots

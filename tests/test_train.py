@@ -51,7 +51,7 @@ def test_deepspeed_two_ranks_zero2_bf16(tiny_data, tmp_path):
     assert recs[-1]["lr"] == 0.0
     # The dual view of the schedule so far: weight left on the initial weights shrinks, updates carry the rest.
     c0 = [r["dual_c0"] for r in recs]
-    assert c0[0] < 1.0 and all(a > b for a, b in zip(c0[:-1], c0[1:-1]))
+    assert c0[0] < 1.0 and all(a > b for a, b in zip(c0[:-1], c0[1:-1], strict=False))
     assert all(1 <= r["dual_window50"] <= r["step"] for r in recs)
     # Validation at 3 and at the end; a finite loss that went down.
     assert [r["step"] for r in recs if "val_loss" in r] == [3, 6]
@@ -111,7 +111,7 @@ def test_two_ranks_other_zero_stages(tiny_data, tmp_path, stage, optimizer, laun
     recs = check_run(res, run_dir, 3)
     assert recs[-1]["loss"] < recs[0]["loss"]
     files = json.loads((run_dir / "checkpoints" / "step_00000003" / "MANIFEST.json").read_text())["files"]
-    assert any(f"zero_pp_rank_1" in n for n in files)
+    assert any("zero_pp_rank_1" in n for n in files)
 
 
 @pytest.mark.gpu
@@ -201,7 +201,7 @@ def test_in_process_runs_back_to_back_match_separate_processes(tiny_data, tmp_pa
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in cmds]
     outs = [p.communicate(timeout=600) for p in procs]
-    for name, (proc, (out, err)) in zip(runs, zip(procs, outs)):
+    for name, (proc, (out, err)) in zip(runs, zip(procs, outs, strict=True), strict=True):
         check_run(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), tmp_path / "sep" / name, 6)
     res = subprocess.CompletedProcess(procs[-1].args, procs[-1].returncode, *outs[-1])
     assert res.returncode == 0, res.stderr[-4000:]

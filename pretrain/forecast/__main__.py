@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def _is_schedule(path: Path) -> bool:
     return isinstance(data, dict) and set(data) == {"schedule"}
 
 
-def check_outputs(outputs: dict[str, tuple[Optional[str], object]], inputs: dict[str, Path], overwrite: bool) -> None:
+def check_outputs(outputs: dict[str, tuple[str | None, object]], inputs: dict[str, Path], overwrite: bool) -> None:
     """The output rule (:mod:`pretrain.outputs`) for every file a subcommand writes, before any work:
     ``outputs`` is ``{flag: (path or None, what an earlier one looks like)}``; ``inputs`` ``{what: path}``."""
     given = {flag: Path(path) for flag, (path, _) in outputs.items() if path}
@@ -150,7 +150,7 @@ def _fit(args) -> int:
         print(f"  lam    = {law.options['lam']:g} (momentum of the annealing area" +
               (", chosen by the fit)" if args.lam is None else ")"))
     print(f"in-sample: RMSE {d['rmse']:.4g}, mean relative error {d['mean_rel_err']:.3%}, max {d['max_rel_err']:.3%}")
-    for r, src in zip(d["runs"], law.sources):
+    for r, src in zip(d["runs"], law.sources, strict=True):
         print(f"  {r['name']}: {src['max_steps']} updates, peak LR {src['peak_lr']:.3g}, {r['points']} points, "
               f"RMSE {r['rmse']:.4g}, mean relative error {r['mean_rel_err']:.3%}")
     if metric == "loss" and args.window < 20:
@@ -167,7 +167,7 @@ def _fit(args) -> int:
     return 0
 
 
-def _load(args) -> tuple[list[FittedLaw], "RunConfig"]:
+def _load(args) -> tuple[list[FittedLaw], RunConfig]:
     from ..run_config import load_run_config
 
     inputs = {**{f"law file {p}": Path(p) for p in args.laws}, "run config": Path(args.config)}
@@ -211,13 +211,13 @@ def _predict(args) -> int:
         except ForecastError as e:
             raise ForecastError(f"{name}: {e}") from None
     print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {cfg.schedule.warmup_for(T)}")
-    tags = [f"{law.law} ({path})" for law, path in zip(laws, args.laws)]
+    tags = [f"{law.law} ({path})" for law, path in zip(laws, args.laws, strict=True)]
     rows = []
-    for law, tag in zip(laws, tags):
+    for law, tag in zip(laws, tags, strict=True):
         print(f"law {tag}:")
         _notes(law, peak, T)
     print(f"{'schedule':<52} {'final LR':>10} {'law':<11} {'predicted final loss':>21} {'vs run':>9}")
-    for law, tag in zip(laws, tags):
+    for law in laws:
         run_final = None
         for name, _, lrs in lr_rows:
             steps, pred = _curve(law, lrs)
@@ -239,7 +239,7 @@ def _optimize(args) -> int:
     print(f"{cfg.name}: {T} updates, peak LR {peak:g}, warmup {W}; law {law.law} from {args.laws[0]}")
     _notes(law, peak, T)
     report: list = []
-    best: Optional[tuple] = None
+    best: tuple | None = None
     for fam in FAMILIES if args.family == "all" else [args.family]:
         found = optimize_schedule(law, peak, T, W, fam, alpha=cfg.dual_alpha(), seed=args.seed, report=report)
         if best is None or found[1] < best[1]:
@@ -279,8 +279,9 @@ def plot(rows, out: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from textwrap import fill
+
+    import matplotlib.pyplot as plt
 
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
     lows, highs = [], []
@@ -370,8 +371,8 @@ def main(argv=None) -> int:
         args.overrides += rest
     if getattr(args, "compare", None):  # KEY=VALUE after --compare: an override ('=' before any ':'), not a spec
         is_override = [("=" in c and c.index("=") < (c.index(":") if ":" in c else len(c))) for c in args.compare]
-        args.overrides += [c for c, o in zip(args.compare, is_override) if o]
-        args.compare = [c for c, o in zip(args.compare, is_override) if not o]
+        args.overrides += [c for c, o in zip(args.compare, is_override, strict=True) if o]
+        args.compare = [c for c, o in zip(args.compare, is_override, strict=True) if not o]
     try:
         return {"fit": _fit, "predict": _predict, "optimize": _optimize}[args.command](args)
     except (ForecastError, ConfigError, OutputError) as e:

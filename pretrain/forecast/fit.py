@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def window_steps(steps: np.ndarray, window: int) -> np.ndarray:
     return (steps[:, None] - np.arange(window - 1, -1, -1)[None, :]).ravel()
 
 
-CurveLike = Union[RunCurve, tuple]
+CurveLike = RunCurve | tuple
 
 
 # -- reading runs ---------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def windowed(steps: np.ndarray, losses: np.ndarray, window: int) -> tuple[np.nda
     steps, losses = np.asarray(steps, dtype=np.int64), np.asarray(losses, dtype=np.float64)
     if window == 1 or steps.size == 0:
         return steps, losses
-    by_step = dict(zip(steps.tolist(), losses.tolist()))
+    by_step = dict(zip(steps.tolist(), losses.tolist(), strict=True))
     ends, means = [], []
     end = int(steps.max())
     while end - window + 1 >= 1:
@@ -258,7 +259,7 @@ class FittedLaw:
     def unit_params(self) -> np.ndarray:
         return get_law(self.law).to_unit(self.params, self.lr_ref)
 
-    def predict(self, lrs, steps: Optional[Sequence[int]] = None, warmup: Optional[int] = None) -> np.ndarray:
+    def predict(self, lrs, steps: Sequence[int] | None = None, warmup: int | None = None) -> np.ndarray:
         """The loss after each of ``steps`` updates (default: every update 1..T) of the LR sequence ``lrs``."""
         arr = check_lrs(lrs) / self.lr_ref
         return get_law(self.law).fn(arr, self.unit_params(), None if steps is None else np.asarray(steps),
@@ -286,7 +287,7 @@ class FittedLaw:
         return path
 
     @classmethod
-    def from_json(cls, text: str | dict, source: str = "<json>", expect_law: Optional[str] = None) -> "FittedLaw":
+    def from_json(cls, text: str | dict, source: str = "<json>", expect_law: str | None = None) -> FittedLaw:
         try:
             data = json.loads(text) if isinstance(text, str) else text
         except json.JSONDecodeError as e:
@@ -317,7 +318,7 @@ class FittedLaw:
                    data.get("sources") or [], data.get("settings") or {})
 
     @classmethod
-    def load(cls, path: str | Path, expect_law: Optional[str] = None) -> "FittedLaw":
+    def load(cls, path: str | Path, expect_law: str | None = None) -> FittedLaw:
         path = Path(path)
         if not path.is_file():
             raise ForecastError(f"{path} not found (write one with `python -m pretrain.forecast fit RUN_DIR... --out {path}`)")
@@ -358,7 +359,7 @@ LAM_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)  # the annealing law's momentum
 
 
 def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float = 0.1, max_points: int = 200,
-            starts: int = 8, seed: int = 0, huber_delta: float = 1e-3, lam: Optional[float] = 0.999,
+            starts: int = 8, seed: int = 0, huber_delta: float = 1e-3, lam: float | None = 0.999,
             max_nfev: int = 200) -> FittedLaw:
     """Fit ``law`` to ``runs``: RunCurves, or ``(lrs, steps, losses)`` tuples (``steps``: the updates behind each loss).
 
@@ -373,7 +374,7 @@ def fit_law(runs: Sequence[CurveLike], law: str = "mpl", *, skip_fraction: float
         fits = [fit_law(runs, law, skip_fraction=skip_fraction, max_points=max_points, starts=starts, seed=seed,
                         huber_delta=huber_delta, lam=v, max_nfev=max_nfev) for v in LAM_GRID]
         best_fit = min(fits, key=lambda f: f.diagnostics["cost"])
-        best_fit.diagnostics["lam_costs"] = {str(v): f.diagnostics["cost"] for v, f in zip(LAM_GRID, fits)}
+        best_fit.diagnostics["lam_costs"] = {str(v): f.diagnostics["cost"] for v, f in zip(LAM_GRID, fits, strict=True)}
         return best_fit
     if law == "annealing" and not (isinstance(lam, (int, float)) and 0.0 <= lam < 1.0):
         raise ForecastError(f"fit_law: lam: expected a momentum in [0, 1) or None (chosen by the fit), got {lam!r}")
@@ -416,7 +417,7 @@ def _fit(runs: Sequence[CurveLike], law: str, *, skip_fraction: float, max_point
 
     def model(u: np.ndarray, jac: bool):
         return [averaged(spec.fn(d[0], u, window_steps(d[1], d[4]), d[3], jac=jac, terms=tm, **options), d[4], jac)
-                for d, tm in zip(data, terms)]
+                for d, tm in zip(data, terms, strict=True)]
 
     def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Residuals log(pred) - log(y) and their Jacobian, computed together (least_squares asks for both)."""
@@ -456,14 +457,14 @@ def _fit(runs: Sequence[CurveLike], law: str, *, skip_fraction: float, max_point
                 "huber_delta": huber_delta, "max_nfev": max_nfev,
                 "signal": {"metric": metrics[0] if len(metrics) == 1 else metrics,
                            "window": max(c.window for c in curves)}}
-    sources = [{"name": c.name, **c.info, "fit_points": int(d[1].size)} for c, d in zip(curves, data)]
+    sources = [{"name": c.name, **c.info, "fit_points": int(d[1].size)} for c, d in zip(curves, data, strict=True)]
     return FittedLaw(law, spec.to_raw(u, lr_ref), lr_ref, options, diagnostics, sources, settings)
 
 
 def _diagnose(spec, u, r, J, data, model, curves, active_mask) -> dict[str, Any]:
     preds = model(u, False)
     per_run = []
-    for c, (_, t, y, _, _), p in zip(curves, data, preds):
+    for c, (_, _t, y, _, _), p in zip(curves, data, preds, strict=True):
         rel = np.abs(p - y) / y
         per_run.append({"name": c.name, "points": int(y.size), "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
                         "mean_rel_err": float(rel.mean()), "max_rel_err": float(rel.max())})
@@ -499,17 +500,17 @@ def _diagnose(spec, u, r, J, data, model, curves, active_mask) -> dict[str, Any]
                         f"(> {POOR_FIT:.0%}; max {rel.max():.2%}); its forecasts are not to be trusted")
     if n < 5 * k:
         warnings.append(f"only {n} fit points for {k} parameters")
-    loose = [f"{name} (±{rs:.0%})" if math.isfinite(rs) else name for name, rs in zip(spec.params, rel_se)
+    loose = [f"{name} (±{rs:.0%})" if math.isfinite(rs) else name for name, rs in zip(spec.params, rel_se, strict=True)
              if rs > 0.5 and name not in undetermined]
     if loose:
         warnings.append("poorly determined (relative standard error > 50%): " + ", ".join(loose))
     if cond > 1e8 and not undetermined:
         warnings.append(f"ill-conditioned Jacobian (condition number {cond:.2g}): parameters trade off against each other")
-    at_bound = [name for name, m in zip(spec.params, active_mask) if m != 0 and name not in undetermined]
+    at_bound = [name for name, m in zip(spec.params, active_mask, strict=True) if m != 0 and name not in undetermined]
     if at_bound:
         warnings.append(f"at a bound of the search: {', '.join(at_bound)}")
     return {"points": int(y.size), "rmse": float(np.sqrt(np.mean((p - y) ** 2))), "mean_rel_err": float(rel.mean()),
             "max_rel_err": float(rel.max()), "runs": per_run,
-            "rel_se": {name: (float(v) if math.isfinite(v) else None) for name, v in zip(spec.params, rel_se)},
+            "rel_se": {name: (float(v) if math.isfinite(v) else None) for name, v in zip(spec.params, rel_se, strict=True)},
             "condition": cond if math.isfinite(cond) else None, "decay_in_fit": decays,
             "anneal_fraction": {c.name: c.info["anneal_fraction"] for c in curves}, "warnings": warnings}

@@ -23,10 +23,11 @@ reference LR ``lr_ref`` (the laws are exactly invariant under that rescaling, se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
+
 
 class ForecastError(ValueError):
     """Bad input, named by file and key (or by argument)."""
@@ -57,7 +58,7 @@ def check_lrs(lrs, what: str = "lrs") -> np.ndarray:
     return arr
 
 
-def _steps(T: int, steps: Optional[np.ndarray]) -> np.ndarray:
+def _steps(T: int, steps: np.ndarray | None) -> np.ndarray:
     t = np.arange(1, T + 1) if steps is None else np.asarray(steps, dtype=np.int64)
     if t.size and (t.min() < 1 or t.max() > T):
         raise ForecastError(f"steps must lie in 1..{T} (the LR sequence's length); got {t.min()}..{t.max()}")
@@ -83,7 +84,7 @@ class MPLTerms:
     cum_k: np.ndarray  # sum_{tau<k} eta_tau for each drop k
     delta: np.ndarray  # eta_{k-1} - eta_k
     log_eta: np.ndarray  # log eta_k (floored)
-    D: Optional[np.ndarray] = None  # S_k(t) * eta_k^0, (steps x drops), kept when small enough
+    D: np.ndarray | None = None  # S_k(t) * eta_k^0, (steps x drops), kept when small enough
 
     def block(self, a: int, b: int) -> np.ndarray:
         if self.D is not None:
@@ -91,7 +92,7 @@ class MPLTerms:
         return np.maximum(self.cum_t[a:b, None] - self.cum_k[None, :], 0.0)  # S_k(t); 0 for k > t
 
 
-def mpl_terms(lrs: np.ndarray, steps: Optional[np.ndarray] = None, warmup: Optional[int] = None,
+def mpl_terms(lrs: np.ndarray, steps: np.ndarray | None = None, warmup: int | None = None,
               keep: int = 4 * _CHUNK) -> MPLTerms:
     lrs = np.asarray(lrs, dtype=np.float64)
     t = _steps(lrs.size, steps)
@@ -104,8 +105,8 @@ def mpl_terms(lrs: np.ndarray, steps: Optional[np.ndarray] = None, warmup: Optio
     return terms
 
 
-def mpl(lrs: np.ndarray, p: np.ndarray, steps: Optional[np.ndarray] = None, warmup: Optional[int] = None,
-        jac: bool = False, terms: Optional[MPLTerms] = None):
+def mpl(lrs: np.ndarray, p: np.ndarray, steps: np.ndarray | None = None, warmup: int | None = None,
+        jac: bool = False, terms: MPLTerms | None = None):
     """MPL loss at ``steps`` (default 1..T); ``p`` = (L0, A, alpha, B, C, beta, gamma) in the units of ``lrs``.
 
     With ``jac``, also d loss / d p, shape (len(steps), 7). ``terms`` (from :func:`mpl_terms` of the
@@ -145,7 +146,7 @@ def mpl(lrs: np.ndarray, p: np.ndarray, steps: Optional[np.ndarray] = None, warm
 
 # -- LR-annealing law -----------------------------------------------------------------------
 
-def annealing_areas(lrs: np.ndarray, lam: float, warmup: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def annealing_areas(lrs: np.ndarray, lam: float, warmup: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(S1, S2) after every update 1..T."""
     from scipy.signal import lfilter
 
@@ -158,7 +159,7 @@ def annealing_areas(lrs: np.ndarray, lam: float, warmup: Optional[int] = None) -
     return np.cumsum(lrs), np.cumsum(m)
 
 
-def annealing_terms(lrs: np.ndarray, steps: Optional[np.ndarray] = None, warmup: Optional[int] = None,
+def annealing_terms(lrs: np.ndarray, steps: np.ndarray | None = None, warmup: int | None = None,
                     lam: float = 0.999) -> tuple[np.ndarray, np.ndarray]:
     lrs = np.asarray(lrs, dtype=np.float64)
     t = _steps(lrs.size, steps)
@@ -166,8 +167,8 @@ def annealing_terms(lrs: np.ndarray, steps: Optional[np.ndarray] = None, warmup:
     return S1[t - 1], S2[t - 1]
 
 
-def annealing(lrs: np.ndarray, p: np.ndarray, steps: Optional[np.ndarray] = None, warmup: Optional[int] = None,
-              jac: bool = False, terms: Optional[tuple] = None, lam: float = 0.999):
+def annealing(lrs: np.ndarray, p: np.ndarray, steps: np.ndarray | None = None, warmup: int | None = None,
+              jac: bool = False, terms: tuple | None = None, lam: float = 0.999):
     """Annealing-law loss at ``steps`` (default 1..T); ``p`` = (L0, A, alpha, C) in the units of ``lrs``."""
     L0, A, alpha, C = (float(v) for v in p)
     S1, S2 = terms if terms is not None else annealing_terms(lrs, steps, warmup, lam)
@@ -196,7 +197,7 @@ class Law:
         return np.array([u[n] for n in self.params])
 
     def to_raw(self, unit: np.ndarray, lr_ref: float) -> dict[str, float]:
-        raw = self.unit(dict(zip(self.params, (float(v) for v in unit))), 1.0 / lr_ref)  # power maps: r -> 1/r inverts
+        raw = self.unit(dict(zip(self.params, (float(v) for v in unit), strict=True)), 1.0 / lr_ref)  # power maps: r -> 1/r inverts
         return {n: float(raw[n]) for n in self.params}
 
 

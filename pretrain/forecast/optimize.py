@@ -19,7 +19,7 @@ winner's parameters are rounded to what a YAML file states before it is evaluate
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def lrs_for_schedule(schedule_cfg: ScheduleConfig, peak_lr: float, max_steps: in
     return peak_lr * np.asarray(mults, dtype=np.float64)
 
 
-def lrs_for_config(cfg, schedule: Optional[ScheduleConfig] = None) -> np.ndarray:
+def lrs_for_config(cfg, schedule: ScheduleConfig | None = None) -> np.ndarray:
     """The LRs a run config trains with (``cfg.build_schedule()``, as the trainer), or with ``schedule`` instead."""
     if cfg.train.max_steps is None:
         raise ForecastError("train.max_steps: expected the run's number of updates (the config gives its budget in "
@@ -103,7 +103,7 @@ class Family:
     def at_edge(self, x: np.ndarray) -> list[str]:
         """The coordinates of ``x`` at an end of their range that the search chose (the optimum may lie beyond)."""
         out = []
-        for name, v, (lo, hi), (soft_lo, soft_hi) in zip(self.names, x, self.bounds, self.edges):
+        for name, v, (lo, hi), (soft_lo, soft_hi) in zip(self.names, x, self.bounds, self.edges, strict=True):
             tol = 0.01 * (hi - lo)
             if (soft_lo and v <= lo + tol) or (soft_hi and v >= hi - tol):
                 out.append(f"{name} in [{lo:g}, {hi:g}]")
@@ -137,7 +137,8 @@ def families(name: str, max_steps: int, warmup_steps: int, levels: int = 3) -> l
             pos = np.sort(x[:levels])
             steps = sorted({int(min(max(W + 1 + round(p * (T - W - 1)), W + 1), T)) for p in pos})
             level, switches = 1.0, []
-            for s, f in zip(steps, x[levels:]):
+            # drops that round to the same step are one drop (fewer steps than factors): the extra factors go unused
+            for s, f in zip(steps, x[levels:], strict=False):
                 level *= float(f)
                 switches.append([s, round(level, 4)])
             return ScheduleConfig("skiplr", **base, params={"eta_before": 1.0, "switches": switches, "absolute": False})
@@ -150,7 +151,7 @@ def families(name: str, max_steps: int, warmup_steps: int, levels: int = 3) -> l
 
 def optimize_schedule(law: FittedLaw, peak_lr: float, max_steps: int, warmup_steps: int, family: str = "wsd", *,
                       alpha: float = 0.0, seed: int = 0, maxiter: int = 40, levels: int = 3,
-                      report: Optional[list] = None) -> tuple[ScheduleConfig, float]:
+                      report: list | None = None) -> tuple[ScheduleConfig, float]:
     """The schedule of ``family`` with the lowest predicted loss after ``max_steps`` updates, and that loss.
 
     Peak LR, budget and warmup stay fixed. ``report``, if given, receives a
@@ -163,11 +164,11 @@ def optimize_schedule(law: FittedLaw, peak_lr: float, max_steps: int, warmup_ste
         raise ForecastError(f"max_steps: expected at least 2 updates, got {max_steps}")
     if not 0 <= warmup_steps < max_steps:
         raise ForecastError(f"warmup_steps: expected 0..{max_steps - 1}, got {warmup_steps}")
-    best: Optional[tuple[ScheduleConfig, float]] = None
+    best: tuple[ScheduleConfig, float] | None = None
     for fam in families(family, max_steps, warmup_steps, levels):
         memo: dict[str, float] = {}
 
-        def loss(x: np.ndarray) -> float:
+        def loss(x: np.ndarray, fam=fam, memo=memo) -> float:
             cfg = fam.make(x)
             key = repr((cfg.end_ratio, cfg.params))
             if key not in memo:  # rounding makes many candidates the same schedule

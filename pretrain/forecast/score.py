@@ -17,8 +17,8 @@ A trivial baseline (:class:`ShiftBaseline`) is scored the same way: the law has 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def r2(actual: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(np.sum((a - p) ** 2)) / tot if tot > 0 else math.nan
 
 
-def score_curve(curve: RunCurve, pred: np.ndarray, name: Optional[str] = None) -> CurveScore:
+def score_curve(curve: RunCurve, pred: np.ndarray, name: str | None = None) -> CurveScore:
     """Score ``pred`` (the prediction at each of the curve's points) on the curve's points after warmup."""
     pred = np.asarray(pred, dtype=np.float64)
     if pred.shape != np.shape(curve.losses):
@@ -87,7 +87,7 @@ def score_curve(curve: RunCurve, pred: np.ndarray, name: Optional[str] = None) -
 def pooled_r2(curves: Sequence[RunCurve], preds: Sequence[np.ndarray]) -> float:
     """R² over every scored point of every held-out curve together."""
     a = [np.asarray(c.losses, float)[scored_points(c)] for c in curves]
-    p = [np.asarray(q, float)[scored_points(c)] for c, q in zip(curves, preds)]
+    p = [np.asarray(q, float)[scored_points(c)] for c, q in zip(curves, preds, strict=True)]
     return r2(np.concatenate(a), np.concatenate(p)) if a else math.nan
 
 
@@ -139,7 +139,7 @@ class ShiftBaseline:
         return self.predict(curve.lrs, window_steps(curve.steps, w)).reshape(-1, w).mean(axis=1)
 
     @classmethod
-    def fit(cls, curves: Sequence[RunCurve]) -> "ShiftBaseline":
+    def fit(cls, curves: Sequence[RunCurve]) -> ShiftBaseline:
         """From the fit runs: the constant one (no decay) gives P, the decaying ones the gain."""
         from scipy.optimize import least_squares
 
@@ -224,7 +224,7 @@ def spearman_interval(actual: np.ndarray, predicted: np.ndarray, n_boot: int = 2
 def score_runs(predict: Callable[[RunCurve], np.ndarray], curves: Sequence[RunCurve]) -> tuple[list[CurveScore], Summary]:
     """Score one predictor (a law's or the baseline's ``predict_curve``) on held-out curves."""
     preds = [predict(c) for c in curves]
-    scores = [score_curve(c, q) for c, q in zip(curves, preds)]
+    scores = [score_curve(c, q) for c, q in zip(curves, preds, strict=True)]
     return scores, summarize(scores, pooled_r2(curves, preds))
 
 

@@ -11,7 +11,7 @@ described in :mod:`pretrain.model.mup`; here are only its hyper-parameters.
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Literal, Optional, get_args, get_type_hints
+from typing import TYPE_CHECKING, Literal, get_args, get_type_hints
 
 if TYPE_CHECKING:
     import torch
@@ -80,12 +80,12 @@ class GPTConfig:
     loader validates YAML values against these type hints.
     """
 
-    vocab_size: Optional[int] = None  # None = taken from the tokenizer (resolved before build)
+    vocab_size: int | None = None  # None = taken from the tokenizer (resolved before build)
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # GQA; None = n_heads (plain multi-head attention)
-    d_ff: Optional[int] = None  # MLP hidden size; None = see `ffn_dim`
+    n_kv_heads: int | None = None  # GQA; None = n_heads (plain multi-head attention)
+    d_ff: int | None = None  # MLP hidden size; None = see `ffn_dim`
     max_seq_len: int = 256
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = 1e-5
@@ -102,9 +102,9 @@ class GPTConfig:
     # defaults when `mup` is set.
     emb_mult: float = 1.0  # embedding output multiplier (muP: alpha_input)
     logit_mult: float = 1.0  # output logit multiplier (muP: alpha_output / m)
-    attn_scale: Optional[float] = None  # attention score scale; None = 1/sqrt(head_dim) (muP: 1/head_dim)
+    attn_scale: float | None = None  # attention score scale; None = 1/sqrt(head_dim) (muP: 1/head_dim)
     z_loss: float = 0.0  # weight of PaLM's z-loss, z_loss * mean(logsumexp(logits)^2); pretrain.model.loss
-    mup: Optional[MuPConfig] = None  # None: standard parameterization; see pretrain.model.mup
+    mup: MuPConfig | None = None  # None: standard parameterization; see pretrain.model.mup
 
     # ---- derived sizes -------------------------------------------------------------
 

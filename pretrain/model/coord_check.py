@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +122,7 @@ def coord_check(widths: Sequence[int] = (64, 128, 256, 512, 1024), steps: int = 
     return {"widths": list(widths), "steps": steps, "lr": lr, "results": results}
 
 
-def growth(result: dict, parameterization: str, layer: str, step: Optional[int] = None) -> float:
+def growth(result: dict, parameterization: str, layer: str, step: int | None = None) -> float:
     """RMS at the widest width over RMS at the narrowest, at ``step`` (default: the last)."""
     widths = result["widths"]
     by_width = result["results"][parameterization]
@@ -130,7 +130,7 @@ def growth(result: dict, parameterization: str, layer: str, step: Optional[int] 
     return by_width[widths[-1]][layer][t] / by_width[widths[0]][layer][t]
 
 
-def plot(result: dict, path: Path, steps_to_show: Optional[Sequence[int]] = None) -> Path:
+def plot(result: dict, path: Path, steps_to_show: Sequence[int] | None = None) -> Path:
     """One row per parameterization, one column per step: RMS of each layer against width."""
     import matplotlib
 
@@ -167,7 +167,7 @@ def plot(result: dict, path: Path, steps_to_show: Optional[Sequence[int]] = None
     return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.model.coord_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="coord_check", help="output directory (coord_check.json, coord_check.png)")
     p.add_argument("--widths", default="64,128,256,512,1024", help="comma-separated d_model values")

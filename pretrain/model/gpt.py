@@ -29,7 +29,7 @@ Dh head_dim, F ffn_dim, V vocab_size.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,6 @@ from torch.utils.checkpoint import checkpoint
 
 from pretrain.model.config import GPTConfig, MuPConfig, check_buildable  # noqa: F401 (re-exported)
 from pretrain.model.init import init_weights
-
 
 # ---- normalization -------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [B, T, D]
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]],  # fp32 (cos, signed_sin) [T, Dh], or None
+        rope: tuple[torch.Tensor, torch.Tensor] | None,  # fp32 (cos, signed_sin) [T, Dh], or None
         alibi,  # None, a dense [1, H, T, T] additive causal bias in x.dtype, or a FlexAlibi
     ) -> torch.Tensor:  # [B, T, D]
         B, T, _ = x.shape

@@ -14,7 +14,8 @@ callback; with ``config.mup`` set the default callback is
 """
 
 import math
-from typing import Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def default_std(kind: ParamKind, name: str, param: torch.Tensor, config: "GPTCon
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module, config: "GPTConfig", std_for: Optional[StdFn] = None) -> None:
+def init_weights(model: nn.Module, config: "GPTConfig", std_for: StdFn | None = None) -> None:
     """(Re-)initialize every parameter of ``model`` in place.
 
     ``std_for`` defaults to muP's rule when ``config.mup`` is set, else :func:`default_std`.

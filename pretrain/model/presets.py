@@ -23,7 +23,7 @@ Add one with::
         return GPTConfig(d_model=..., ...)
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from pretrain.model.config import GPTConfig, MuPConfig
 

@@ -39,8 +39,9 @@ import importlib
 import inspect
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 DecayFn = Callable[..., float]
 CheckFn = Callable[..., list]
@@ -50,15 +51,15 @@ CONTEXT_KEYS = ("lr", "alpha")
 @dataclass(frozen=True)
 class Registered:
     fn: DecayFn
-    check: Optional[CheckFn] = None  # check(T, W, **params) -> [(param, expected), ...]
-    branch_points: Optional[Callable[..., list]] = None  # (T, W, **params) -> steps worth keeping to branch from
+    check: CheckFn | None = None  # check(T, W, **params) -> [(param, expected), ...]
+    branch_points: Callable[..., list] | None = None  # (T, W, **params) -> steps worth keeping to branch from
 
 
 SCHEDULES: dict[str, Registered] = {}
 
 
 def register_schedule(
-    name: str, check: Optional[CheckFn] = None, branch_points: Optional[Callable[..., list]] = None
+    name: str, check: CheckFn | None = None, branch_points: Callable[..., list] | None = None
 ) -> Callable[[DecayFn], DecayFn]:
     """Register ``fn(t, T, W, **params) -> multiplier`` under ``name``.
 
@@ -147,7 +148,7 @@ def step(t: int, T: int, W: int, *, milestones: list[int] = (), factor: float = 
 
 
 @register_schedule("inverse_sqrt")
-def inverse_sqrt(t: int, T: int, W: int, *, timescale: Optional[int] = None) -> float:
+def inverse_sqrt(t: int, T: int, W: int, *, timescale: int | None = None) -> float:
     """Inverse square-root decay (Vaswani et al. 2017; the D2Z paper's *InvSqrt*).
 
     eta_t = eta_peak * sqrt(tau / max(t, tau)), tau = ``timescale`` (default: the
@@ -186,11 +187,11 @@ def rational(t: int, T: int, W: int, *, alpha: float) -> float:
     return 1.0 / (1.0 + max(t - W, 0) * alpha)
 
 
-def _decay_steps(T: int, decay: float, decay_steps: Optional[int]) -> int:
+def _decay_steps(T: int, decay: float, decay_steps: int | None) -> int:
     return decay_steps if decay_steps is not None else int(round(decay * T))
 
 
-def _check_wsd(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int] = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
+def _check_wsd(T: int, W: int, *, decay: float = 0.2, decay_steps: int | None = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
     problems = []
     if not 0.0 <= decay <= 1.0:  # nan fails it too
         problems.append(("params.decay", "a fraction of the run in [0, 1]"))
@@ -202,7 +203,7 @@ def _check_wsd(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int]
     return problems
 
 
-def _wsd_branch_points(T: int, W: int, *, decay: float = 0.2, decay_steps: Optional[int] = None, **_) -> list:
+def _wsd_branch_points(T: int, W: int, *, decay: float = 0.2, decay_steps: int | None = None, **_) -> list:
     return [T - _decay_steps(T, decay, decay_steps)]  # the end of the stable phase
 
 
@@ -213,7 +214,7 @@ def wsd(
     W: int,
     *,
     decay: float = 0.2,
-    decay_steps: Optional[int] = None,
+    decay_steps: int | None = None,
     shape: Literal["linear", "cosine", "1-sqrt"] = "linear",
     end_ratio: float = 0.0,
 ) -> float:
@@ -232,8 +233,8 @@ def wsd(
     return _ratio(end_ratio, (t - start) / D, shape)
 
 
-def _check_cooldown(T: int, W: int, *, start_step: Optional[int] = None, start_lr: Optional[float] = None,
-                    decay_steps: Optional[int] = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
+def _check_cooldown(T: int, W: int, *, start_step: int | None = None, start_lr: float | None = None,
+                    decay_steps: int | None = None, shape: str = "linear", end_ratio: float = 0.0) -> list:
     problems = []
     if start_step is None or start_lr is None:
         problems.append(("params.start_step", "the branch point and the parent's LR there (filled in from "
@@ -257,9 +258,9 @@ def cooldown(
     T: int,
     W: int,
     *,
-    start_step: Optional[int] = None,
-    start_lr: Optional[float] = None,
-    decay_steps: Optional[int] = None,
+    start_step: int | None = None,
+    start_lr: float | None = None,
+    decay_steps: int | None = None,
     shape: Literal["linear", "cosine", "1-sqrt"] = "linear",
     end_ratio: float = 0.0,
     lr: float = 1.0,
@@ -281,12 +282,12 @@ def cooldown(
     return start_lr * _ratio(end_ratio, p, shape) / lr
 
 
-def _skip_switches(eta_after: Optional[float], k_s: Optional[int], switches: list) -> list[tuple[int, float]]:
+def _skip_switches(eta_after: float | None, k_s: int | None, switches: list) -> list[tuple[int, float]]:
     out = [(k_s, eta_after)] if k_s is not None else []
     return out + [(int(k), float(v)) for k, v in switches]
 
 
-def _check_skiplr(T: int, W: int, *, eta_before: float, eta_after: Optional[float] = None, k_s: Optional[int] = None,
+def _check_skiplr(T: int, W: int, *, eta_before: float, eta_after: float | None = None, k_s: int | None = None,
                   switches: list = (), absolute: bool = True) -> list:
     problems = []
     if (eta_after is None) != (k_s is None):
@@ -319,8 +320,8 @@ def skiplr(
     W: int,
     *,
     eta_before: float,
-    eta_after: Optional[float] = None,
-    k_s: Optional[int] = None,
+    eta_after: float | None = None,
+    k_s: int | None = None,
     switches: list[list[float]] = (),
     absolute: bool = True,
     lr: float = 1.0,
@@ -345,9 +346,9 @@ class ScheduleConfig:
     """Which registered schedule, its warmup, and its parameters."""
 
     name: str = "linear"
-    warmup_steps: Optional[int] = None  # absolute number of warmup updates; overrides warmup_fraction
+    warmup_steps: int | None = None  # absolute number of warmup updates; overrides warmup_fraction
     warmup_fraction: float = 0.1  # of the run's updates (10% as in the D2Z study)
-    end_ratio: Optional[float] = None  # final LR / peak LR; None keeps the schedule's default
+    end_ratio: float | None = None  # final LR / peak LR; None keeps the schedule's default
     params: dict[str, Any] = field(default_factory=dict)  # further keyword parameters of the schedule
     modules: list[str] = field(default_factory=list)  # Python modules to import first (they register schedules)
 
@@ -427,7 +428,7 @@ class ScheduleConfig:
             points += fn(total_steps, W, **self.kwargs())
         return sorted(p for p in set(points) if 1 <= p < total_steps)
 
-    def build(self, total_steps: int, lr: float = 1.0, alpha: float = 0.0) -> "Schedule":
+    def build(self, total_steps: int, lr: float = 1.0, alpha: float = 0.0) -> Schedule:
         """Bind to a run: its length, its peak ``lr`` and ``alpha`` = peak LR x weight decay of decayed matrices."""
         reg = SCHEDULES[self.name]
         kwargs = self.kwargs()

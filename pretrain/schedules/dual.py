@@ -18,8 +18,8 @@ the weights average over few recent updates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def smoothing(multipliers: Sequence[float], alpha_peak: float) -> np.ndarray:
     return alpha
 
 
-def coefficients(alpha: np.ndarray, t: Optional[int] = None) -> tuple[float, np.ndarray]:
+def coefficients(alpha: np.ndarray, t: int | None = None) -> tuple[float, np.ndarray]:
     """``(c_{t,0}, [c_{t,1}, ..., c_{t,t}])`` after update ``t`` (default: the last), in log space."""
     a = alpha[: len(alpha) if t is None else t]
     log_keep = np.log1p(-a)  # log(1 - alpha_j)
@@ -61,6 +61,6 @@ class DualSummary:
         return {"steps": self.steps, "c0": self.c0, "window50": self.window50, "window90": self.window90}
 
 
-def summarize(alpha: np.ndarray, t: Optional[int] = None) -> DualSummary:
+def summarize(alpha: np.ndarray, t: int | None = None) -> DualSummary:
     c0, c = coefficients(alpha, t)
     return DualSummary(len(c), c0, window(c, 0.5), window(c, 0.9))

@@ -15,8 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Protocol
-
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointSaver
@@ -79,7 +78,7 @@ class CheckpointCallback(Callback):
     """Save every ``interval`` updates, at the permanent steps, when the time interval has
     passed or a stop was requested (preemption), and after the last update."""
 
-    def __init__(self, checkpointer: "CheckpointSaver", interval: int, data_loader=None, permanent=(), control=None):
+    def __init__(self, checkpointer: CheckpointSaver, interval: int, data_loader=None, permanent=(), control=None):
         self.checkpointer = checkpointer
         self.interval = interval
         self.data_loader = data_loader
@@ -113,12 +112,12 @@ class WandbConfig:
     W&B config and, for a branch, its lineage.json as ``config.lineage``.
     """
 
-    project: Optional[str] = None  # default: "pretrain"
-    entity: Optional[str] = None  # W&B team or user; default: your default entity
-    name: Optional[str] = None  # the W&B run's name; default: the run's name
+    project: str | None = None  # default: "pretrain"
+    entity: str | None = None  # W&B team or user; default: your default entity
+    name: str | None = None  # the W&B run's name; default: the run's name
     tags: list[str] = field(default_factory=list)
-    mode: Optional[Literal["online", "offline", "disabled"]] = None  # default: WANDB_MODE, else online
-    group: Optional[str] = None  # default: the run's name; a branch: its parent's group
+    mode: Literal["online", "offline", "disabled"] | None = None  # default: WANDB_MODE, else online
+    group: str | None = None  # default: the run's name; a branch: its parent's group
 
     def validate(self) -> list[tuple[str, str]]:
         problems = [(key, "a non-empty string, or null") for key in ("project", "entity", "name", "group")
@@ -134,7 +133,7 @@ class WandbConfig:
 class LoggingConfig:
     interval: int = 10  # console progress line every N updates
     tensorboard: bool = True
-    wandb: Optional[WandbConfig] = None  # Weights & Biases; null: off
+    wandb: WandbConfig | None = None  # Weights & Biases; null: off
     plot: bool = True  # draw RUN_DIR/loss.png when a launch of `pretrain.py` finishes the run (rank 0)
 
     def validate(self) -> list[tuple[str, str]]:
@@ -185,14 +184,14 @@ class WandbLogger:
             run.finish(exit_code=exit_code)
 
 
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _parent_group(lineage: dict[str, Any]) -> Optional[str]:
+def _parent_group(lineage: dict[str, Any]) -> str | None:
     """A branch's W&B group: its parent's (the parent's wandb.json), else the parent run's name."""
     parent_dir = Path(str(lineage.get("parent_run_dir", "")))
     group = (_read_json(parent_dir / "wandb.json") or {}).get("group")
@@ -213,7 +212,7 @@ class MetricsLogger(Callback):
     and a console progress line."""
 
     def __init__(self, out_dir: Path, interval: int, tensorboard: bool, is_main: bool,
-                 wandb: Optional[WandbConfig] = None):
+                 wandb: WandbConfig | None = None):
         self.out_dir = Path(out_dir)
         self.interval = interval
         self.use_tb = tensorboard

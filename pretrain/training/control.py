@@ -23,7 +23,7 @@ class RunControl:
         self.signal: int = 0
         self.last_save = time.monotonic()
 
-    def install(self) -> "RunControl":
+    def install(self) -> RunControl:
         """Handle the signals from now on (kept through the process's exit: see Trainer.fit)."""
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         return self

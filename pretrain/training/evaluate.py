@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..distributed import all_reduce_sum
 from .callbacks import Callback, TrainContext, _due
@@ -52,7 +52,7 @@ class EvalCallback(Callback):
     """Validation loss every ``interval`` updates and after the last (``val_loss``, ``val_ppl``), and per source
     (``val_loss/<source>``) when ``per_source`` holds a validation dataset per source."""
 
-    def __init__(self, val_dataset, cfg: EvalConfig, batch_size: int, per_source: Optional[dict] = None):
+    def __init__(self, val_dataset, cfg: EvalConfig, batch_size: int, per_source: dict | None = None):
         self.dataset = val_dataset
         self.cfg = cfg
         self.batch_size = batch_size

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Optional
 
 
 class SpikeDetector:
@@ -25,7 +24,7 @@ class SpikeDetector:
         std = math.sqrt(sum((x - mean) ** 2 for x in self.recent) / self.window)
         return (loss - mean) / max(std, 1e-8)
 
-    def observe(self, loss: float) -> Optional[float]:
+    def observe(self, loss: float) -> float | None:
         """The loss's z-score if it is a spike (a spike is kept out of the statistics); else None."""
         if self.ready:
             z = self.zscore(loss)

@@ -7,7 +7,7 @@ never hyperparameters: the config of the launch that loads it wins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -35,7 +35,7 @@ def capture(loader) -> dict[str, Any]:
 
 
 def restore(saved: dict[str, Any], state: TrainState, loader, restore_rng: bool = True,
-            load_data: bool = True) -> Optional[dict[str, Any]]:
+            load_data: bool = True) -> dict[str, Any] | None:
     """Put a checkpoint's per-rank state back (the inverse of :func:`capture` plus the counters)."""
     from .rng import restore_rng as _restore_rng
 
@@ -52,7 +52,7 @@ def restore(saved: dict[str, Any], state: TrainState, loader, restore_rng: bool 
     return saved
 
 
-def data_position_problem(position: dict[str, Any], num_samples: int) -> Optional[str]:
+def data_position_problem(position: dict[str, Any], num_samples: int) -> str | None:
     """Why a saved data position cannot be resumed in a dataset of ``num_samples``, or None."""
     at = position.get("sample_in_epoch", 0)
     if at > num_samples:
