@@ -3,7 +3,6 @@
 Also runs under ``torchrun`` and as plain ``python pretrain.py`` (one process).
 """
 
-import sys
 
 from pretrain.main import exit_now, main
 
