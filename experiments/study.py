@@ -119,7 +119,9 @@ class Study:
         return self._keys[run.label]
 
     def children(self, run: RunSpec) -> list[RunSpec]:
-        return [r for r in self.runs if r.parent == run.label]
+        """The run's branches, the projected ones included (its branch points must be kept before they exist)."""
+        projected = [r for runs in self.projected.values() for r in runs]
+        return [r for r in [*self.runs, *projected] if r.parent == run.label]
 
     def waves(self) -> list[list[RunSpec]]:
         """Runs in dependency order: roots first, then branches of the wave before, and so on."""
