@@ -25,6 +25,7 @@ from .stats import (
     Verdict,
     bootstrap_ci,
     gap,
+    log_linear_rate,
     paired_estimate,
     transition_step,
     transition_table,
@@ -69,13 +70,7 @@ def fit_rate(steps: np.ndarray, g: np.ndarray, t_k: int, eps: float) -> tuple[fl
     if below.size:
         s, g = s[: below[0]], g[: below[0]]
     s, g = s[g > 0], g[g > 0]
-    if s.size < 3:
-        return math.nan, math.nan, int(s.size)
-    x, y = s - t_k, np.log(g)
-    slope, intercept = np.polyfit(x, y, 1)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((y - intercept - slope * x) ** 2)) / ss_tot if ss_tot > 0 else math.nan
-    return float(-slope), r2, int(s.size)
+    return log_linear_rate(s - t_k, g)
 
 
 @dataclass

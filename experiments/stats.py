@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = [
     "window_means", "transition_step", "wilson", "TransitionTable", "transition_table", "gap",
-    "contraction_rate", "bootstrap_ci", "best_over_lr", "relative_gap_of_best", "delta_ci", "spearman",
+    "contraction_rate", "log_linear_rate", "bootstrap_ci", "best_over_lr", "relative_gap_of_best", "delta_ci", "spearman",
     "Verdict", "verdict_ci", "t_interval", "Estimate", "paired_estimate", "verdict", "DEFAULT_MARGIN", "T_MAX_SEEDS",
     "vertex_of_three",
 ]
@@ -196,10 +196,17 @@ def contraction_rate(steps: Sequence[int], l3: Sequence[float], l2: Sequence[flo
             s, d = s[: below[0]], d[: below[0]]
     else:
         s, d = s[d > 0], d[d > 0]
-    n = int(s.size)
+    return log_linear_rate(s - t_k, d)
+
+
+def log_linear_rate(x: np.ndarray, g: np.ndarray) -> tuple[float, float, int]:
+    """Least squares ``ln g = a - r x`` over positive ``g``: ``(r, R², points)``; fewer than 3 points:
+    ``(nan, nan, points)``; R² is NaN for a flat series. The fit behind every contraction rate here."""
+    x, g = np.asarray(x, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    n = int(x.size)
     if n < 3:
         return math.nan, math.nan, n
-    x, y = s - t_k, np.log(d)
+    y = np.log(g)
     slope, intercept = np.polyfit(x, y, 1)
     ss_res = float(np.sum((y - (intercept + slope * x)) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))

@@ -55,24 +55,21 @@ from .outputs import check_disjoint, check_replaceable, staged_dir
 
 
 def decay_shapes() -> tuple[str, ...]:
-    """The decay shapes a cooldown of :mod:`pretrain.schedules` takes (its ``shape`` parameter): linear, cosine,
-    1-sqrt, and any shape added there."""
-    import typing
+    """The decay shapes of :mod:`pretrain.schedules` (a cooldown's ``shape``): linear, cosine, 1-sqrt."""
+    from .schedules import DECAY_SHAPES
 
-    from .schedules import SCHEDULES
-
-    return typing.get_args(typing.get_type_hints(SCHEDULES["cooldown"].fn)["shape"])
+    return DECAY_SHAPES
 
 
 def decay_shape(shape: str):
     """The decay ``f`` on [0, 1] of a cooldown shape (f(0) = 1, f(1) = 0); ValueError naming the known shapes."""
-    from .schedules import _ratio
+    from .schedules import decay_ratio
 
     shapes = decay_shapes()
     if shape not in shapes:
         raise ValueError(f"decay shape {shape!r}: expected one of {', '.join(shapes)} (pretrain.schedules' cooldown "
                          "shapes)")
-    return lambda x: _ratio(0.0, x, shape)
+    return lambda x: decay_ratio(0.0, x, shape)
 
 
 def duality_weights(shape: str, n: int) -> list[float]:

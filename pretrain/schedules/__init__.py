@@ -84,8 +84,12 @@ def _progress(t: int, T: int, W: int) -> float:
     return min(1.0, max(0.0, (t - W) / (T - W)))
 
 
-def _ratio(end_ratio: float, p: float, shape: str) -> float:
-    """Decay from 1 (p=0) to end_ratio (p=1) with the given shape."""
+DecayShape = Literal["linear", "cosine", "1-sqrt"]
+DECAY_SHAPES: tuple[str, ...] = typing.get_args(DecayShape)  # every decay's shapes: wsd, cooldown, merge weights
+
+
+def decay_ratio(end_ratio: float, p: float, shape: str) -> float:
+    """Decay from 1 (p=0) to end_ratio (p=1) with the given shape (one of :data:`DECAY_SHAPES`)."""
     if shape == "linear":
         return 1.0 - (1.0 - end_ratio) * p
     if shape == "cosine":
@@ -109,7 +113,7 @@ def linear(t: int, T: int, W: int, *, end_ratio: float = 0.0) -> float:
     ``end_ratio: 0`` is linear decay-to-zero (*Linear-D2Z*, D2Z paper sections 1
     and 4, Table 1); ``end_ratio: 0.1`` is the "10x" decay (*Linear-10x*).
     """
-    return _ratio(end_ratio, _progress(t, T, W), "linear")
+    return decay_ratio(end_ratio, _progress(t, T, W), "linear")
 
 
 @register_schedule("cosine")
@@ -120,7 +124,7 @@ def cosine(t: int, T: int, W: int, *, end_ratio: float = 0.0) -> float:
     p = (t - W) / (T - W). *Cosine-10x* of the D2Z paper (Table 1) is
     ``end_ratio: 0.1``, *Cosine-D2Z* is ``end_ratio: 0``.
     """
-    return _ratio(end_ratio, _progress(t, T, W), "cosine")
+    return decay_ratio(end_ratio, _progress(t, T, W), "cosine")
 
 
 def _check_step(T: int, W: int, *, milestones: list = (), factor: float = 0.1) -> list:
@@ -215,7 +219,7 @@ def wsd(
     *,
     decay: float = 0.2,
     decay_steps: int | None = None,
-    shape: Literal["linear", "cosine", "1-sqrt"] = "linear",
+    shape: DecayShape = "linear",
     end_ratio: float = 0.0,
 ) -> float:
     """Warmup-Stable-Decay (Hu et al. 2024; Hägele et al. 2024; D2Z paper section 2.1 and Figure 7).
@@ -230,7 +234,7 @@ def wsd(
     start = T - D
     if t <= start or D == 0:
         return 1.0
-    return _ratio(end_ratio, (t - start) / D, shape)
+    return decay_ratio(end_ratio, (t - start) / D, shape)
 
 
 def _check_cooldown(T: int, W: int, *, start_step: int | None = None, start_lr: float | None = None,
@@ -261,7 +265,7 @@ def cooldown(
     start_step: int | None = None,
     start_lr: float | None = None,
     decay_steps: int | None = None,
-    shape: Literal["linear", "cosine", "1-sqrt"] = "linear",
+    shape: DecayShape = "linear",
     end_ratio: float = 0.0,
     lr: float = 1.0,
 ) -> float:
@@ -279,7 +283,7 @@ def cooldown(
         raise ValueError("cooldown needs start_step and start_lr (resolve fills them from checkpoint.branch_from)")
     D = decay_steps if decay_steps is not None else T - start_step
     p = min(max((t - start_step) / D, 0.0), 1.0)
-    return start_lr * _ratio(end_ratio, p, shape) / lr
+    return start_lr * decay_ratio(end_ratio, p, shape) / lr
 
 
 def _skip_switches(eta_after: float | None, k_s: int | None, switches: list) -> list[tuple[int, float]]:
