@@ -2,7 +2,7 @@
 
 1. Fit set, per seed, at one peak LR and budget T (the MPL authors' set, thu-yao-01-luo/MultiPowerLaw
    src/config.py): a constant run, a cosine decay to 10% and a two-stage step decay (x0.3 at 50%).
-2. Held out, per seed: Linear-D2Z, Linear-10x, WSD-20% (planned runs of T updates), the cooldown branches of the
+2. Held out, per seed: Linear-D2Z, Linear-10x, Cosine-D2Z (planned runs of T updates), the cooldown branches of the
    constant fit run (linear and 1-sqrt over the last 20% of T and of T/2: their curves are the constant run's up
    to the branch step, then their own) and a cosine decay to 10% over 2T (twice the fit horizon).
 3. Signal: validation loss on the fixed validation set, evaluated every ``eval_interval`` (<= 25) updates in every
@@ -55,7 +55,9 @@ SCALES = {
 }
 
 FIT = ("Constant", "Cosine-10x", "Step-x0.3@50%")
-PLANNED = ("Linear-D2Z", "Linear-10x", "WSD-20%")
+# Five distinct LR sequences of T updates to rank (with the two cooldowns at T): a planned WSD-20% would repeat
+# cooldown-linear@T step for step (the same LR sequence, the same loss bit for bit), a tie that ranks nothing.
+PLANNED = ("Linear-D2Z", "Linear-10x", "Cosine-D2Z")
 SHAPES = ("linear", "1-sqrt")
 COOLDOWN = 0.2
 
@@ -68,8 +70,7 @@ def _schedule(name: str, T: int) -> tuple[str, ...]:
                           "schedule.params.factor=0.3"),
         "Linear-D2Z": ("schedule.name=linear", "schedule.end_ratio=0.0"),
         "Linear-10x": ("schedule.name=linear", "schedule.end_ratio=0.1"),
-        "WSD-20%": ("schedule.name=wsd", "schedule.end_ratio=0.0", f"schedule.params.decay={COOLDOWN}",
-                    "schedule.params.shape=linear"),
+        "Cosine-D2Z": ("schedule.name=cosine", "schedule.end_ratio=0.0"),
     }[name]
 
 

@@ -181,7 +181,8 @@ def write_curves(path: Path, records: list[RunRecord], keys: dict[str, str]) -> 
     """One row per logged record (a record with a training or validation loss) of each run: its key, its parent's
     key (empty for a root), step, loss and val_loss (6 significant digits), lr (4). A branch's rows start after its
     branch step, so splicing a branch's rows onto its parent's up to ``branch_step`` (``runs.csv``) gives its whole
-    curve. Written atomically; runs in a stable order (by key), so a rerun gives the same bytes."""
+    curve. A run that two labels share (the same config: one key, trained once) is written once. Written atomically;
+    runs in a stable order (by key), so a rerun gives the same bytes."""
     import io
 
     from data_prep.fsutil import atomic_write_bytes
@@ -189,7 +190,11 @@ def write_curves(path: Path, records: list[RunRecord], keys: dict[str, str]) -> 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CURVE_COLUMNS)
+    written: set[str] = set()
     for rec in sorted(records, key=lambda r: r.key):
+        if rec.key in written:
+            continue
+        written.add(rec.key)
         parent = keys.get(rec.spec.parent, "") if rec.spec.parent else ""
         start = rec.spec.branch_step or 0
         for m in rec.metrics():

@@ -184,6 +184,8 @@ def test_curves_csv_written_and_round_trips(tmp_path):
     assert math.isnan(m["val_loss"][0]) and m["val_loss"][-1] == 4.12346 and c["val_loss"][-1] == 4.12346
     assert "4.123456789" not in text and "1e-09" not in text
     assert write_curves(tmp_path / "again.csv", records[::-1], {"main": "keymain", "cool": "keycool"}).read_text() == text
+    twin = RunRecord(RunSpec("main-again", ("train.seed=0",), {"role": "main"}), "keymain", tmp_path / "main")
+    assert write_curves(tmp_path / "twin.csv", [*records, twin], {"main": "keymain", "cool": "keycool"}).read_text() == text
     (tmp_path / "bad.csv").write_text("key,step\nx,1\n")
     with pytest.raises(ValueError, match="bad.csv"):
         read_curves(tmp_path / "bad.csv")

@@ -85,6 +85,24 @@ def test_pilot_gate_refuses_when_the_crossing_is_after_T():
     assert fast.go and fast.observed == 410 and fast.levelled
 
 
+def test_stability_reads_block_means_not_the_noisiest_window():
+    # A curve that levels off at ~3.6 with 10-step means scattered +-3% (the pilots' Phi2 at eta2 = 3 looked so):
+    # its lowest single mean is far below the level, so "last mean within 2% of the lowest" called it unstable.
+    rng = np.random.default_rng(0)
+    level = 3.6 + 0.6 * np.exp(-STEPS / 300.0)
+    noisy = level * (1 + 0.03 * rng.standard_normal(STEPS.size))
+    noisy[-1] = level[-1] * 1.03  # an unlucky last window
+    assert noisy[-1] > 1.02 * noisy.min()
+    assert sa.probe_stable(STEPS, noisy)[0]
+    blown = noisy.copy()
+    blown[-10:] += 0.3  # a late blow-up over the last 100 steps (still below the start)
+    ok, why = sa.probe_stable(STEPS, blown)
+    assert not ok and "rose at the end" in why
+    flat = np.full(STEPS.size, 4.7)
+    assert not sa.probe_stable(STEPS, flat)[0]  # did not learn
+    assert not sa.probe_stable(STEPS, noisy, diverged=True)[0]
+
+
 def test_scratch_T_is_derived_from_r():
     # the committed from-scratch study: r = 0.00348, g(t_k) = 51.6% -> crossing near 1333; x1.5 -> 1900
     assert sa.scratch_T(0.00348, 0.5157, 200) == 1900
