@@ -43,9 +43,11 @@ def shm_lock_path() -> str:
 
 
 @contextlib.contextmanager
-def _machine_lock() -> Iterator[None]:
+def _machine_lock(timeout: float | None = None) -> Iterator[bool]:
+    """Holds the machine-wide lock; yields whether it is held (False only when ``timeout`` seconds passed first)."""
     import fcntl
     import os
+    import time
 
     path = shm_lock_path()
     try:
@@ -53,11 +55,24 @@ def _machine_lock() -> Iterator[None]:
     except FileNotFoundError:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = True
+        else:
+            deadline, held = time.monotonic() + timeout, False
+            while not held:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
         try:
-            yield
+            yield held
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
@@ -154,21 +169,37 @@ def clean_stale_shared_memory() -> None:
         dist.barrier()
 
 
+# How long a multi-rank run's local leader waits for the machine-wide lock before it creates its loaders without it
+# (with a warning): two multi-node jobs sharing the same nodes could otherwise wait on each other's leaders.
+LEADER_LOCK_TIMEOUT_S = 300.0
+
+
 @contextlib.contextmanager
-def shared_memory_lock(world_size: int) -> Iterator[None]:
-    """Holds the machine-wide lock (:func:`shm_lock_path`) while a single-process run creates its loaders.
+def shared_memory_lock(world_size: int, local_rank: int = 0) -> Iterator[None]:
+    """Holds the machine-wide lock (:func:`shm_lock_path`) while a run creates its loaders.
 
     mosaicml-streaming names a loader's shared memory by the first prefix it finds free; two processes
-    creating loaders at the same moment can pick the same name (``FileExistsError: /000874_locals``).
-    Every single-process run takes this lock, so runs started together on one machine never collide,
-    whoever started them (``$PRETRAIN_SHM_LOCK`` names another lock file). In a multi-rank run (whose ranks
-    create their loaders together, with barriers between them) it does nothing.
+    creating loaders at the same moment can pick the same name (``FileExistsError: /000874_locals``), and the
+    ranks of a multi-rank run can read another run's name as their leader's (``shared memory registered does not
+    match local leader``). Every run takes this lock, so runs started together on one machine never collide,
+    whoever started them (``$PRETRAIN_SHM_LOCK`` names another lock file). In a multi-rank run each node's local
+    rank 0 takes it for its node, the ranks meet at a barrier, create their loaders together (streaming's own
+    leader/follower handshake) and meet again before the leader lets it go. The leader waits at most
+    :data:`LEADER_LOCK_TIMEOUT_S` for it, then goes on without it and says so.
     """
-    if world_size > 1:
-        yield
+    if world_size <= 1:
+        with _machine_lock():
+            yield
         return
-    with _machine_lock():
+    from .distributed import barrier
+
+    with contextlib.ExitStack() as stack:
+        if local_rank == 0 and not stack.enter_context(_machine_lock(LEADER_LOCK_TIMEOUT_S)):
+            print(f"warning: the machine-wide loader lock {shm_lock_path()} stayed taken for "
+                  f"{LEADER_LOCK_TIMEOUT_S:.0f} s: creating this node's loaders without it", flush=True)
+        barrier()  # every node's leader holds its node's lock
         yield
+        barrier()  # every rank has created its loaders: streaming's names are registered
 
 
 def is_remote(path: str) -> bool:

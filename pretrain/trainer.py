@@ -175,7 +175,7 @@ class Trainer:
         if self.dist.local_rank == 0:
             data.decompress_shards()  # once per node, safe when nodes share the data directory
         barrier()
-        with shared_memory_lock(self.dist.world_size):
+        with shared_memory_lock(self.dist.world_size, self.dist.local_rank):
             self.loader = data.build_train_loader(self.cfg.train.micro_batch_size, self.cfg.train.seed)
             self.val = data.build_val_dataset()
             self.val_per_source = data.build_val_datasets_per_source() if self.cfg.eval.per_source else {}

@@ -339,3 +339,41 @@ def test_four_runs_started_together(tiny_data, tmp_path):
         assert p.returncode == 0, f"{run}: exit {p.returncode}\n{out[-2000:]}\n{err[-4000:]}"
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps[-1] == 2
+
+
+def test_multi_rank_leader_holds_the_machine_lock(tmp_path, monkeypatch, capsys):
+    """A multi-rank run's local rank 0 holds the machine-wide lock while its ranks create their loaders (a 2-rank
+    demo started beside a study's workers read a worker's shared-memory name as its leader's); other local ranks
+    do not take it; a leader that cannot get it within the timeout goes on and says so."""
+    import fcntl
+
+    from pretrain import data as data_mod
+
+    lock = tmp_path / "shm.lock"
+    monkeypatch.setenv("PRETRAIN_SHM_LOCK", str(lock))
+
+    def taken() -> bool:
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    with data_mod.shared_memory_lock(2, local_rank=0):
+        assert taken()
+    assert not taken()
+    with data_mod.shared_memory_lock(2, local_rank=1):
+        assert not taken()
+    monkeypatch.setattr(data_mod, "LEADER_LOCK_TIMEOUT_S", 0.2)
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds it
+    try:
+        with data_mod.shared_memory_lock(2, local_rank=0):
+            pass
+    finally:
+        os.close(fd)
+    assert "stayed taken" in capsys.readouterr().out
