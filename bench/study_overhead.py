@@ -13,6 +13,10 @@ in fresh interpreters, the imports and the interpreter's start and exit (what a 
 
     python bench/study_overhead.py                      # tiny data made in a temporary directory
     python bench/study_overhead.py --data data/tiny/tokens --seeds 8 --slots 2 --breakdown
+    python bench/study_overhead.py --refit runs/studies/d2z-cpu/runs.csv   # the same fit over a study's own runs
+
+``--refit`` fits a finished study's ``runs.csv`` the same way (a branch counts the updates it trained itself, its
+steps less its branch step) and runs nothing.
 
 Nothing is written outside a temporary directory, which is removed at the end.
 """
@@ -55,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=_steps, default=(10, 60), help="the two run lengths in updates (default 10,60)")
     p.add_argument("--slots", type=integer(1), default=2, help="runs at a time, >= 1 (default 2)")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of one run's fixed cost")
+    p.add_argument("--refit", type=Path, default=None, metavar="RUNS_CSV",
+                   help="fit a finished study's runs.csv the same way instead of running a study")
     args = p.parse_args(argv)
     if args.data is not None and not (args.data / "train").is_dir():
         p.error(f"--data {args.data}: expected an MDS token directory with a train/ split (python -m data_prep tokenize)")
@@ -91,14 +97,32 @@ def make_study(data: Path, seeds: int, steps: tuple[int, int]):
 
 def fit(results) -> dict[str, float]:
     """Theil-Sen fit of each run's wall time as a + b x steps over the study's runs."""
-    from scipy.stats import theilslopes
-
     recs = [r for r in results.records.values() if r.status == "done"]
     if len(recs) != len(results.records):
         bad = [f"{r.spec.label}: {r.status} {r.error}" for r in results.records.values() if r.status != "done"]
         raise SystemExit("runs failed:\n  " + "\n  ".join(bad))
-    x = [r.spec.params["steps"] for r in recs]
-    y = [r.wall_s for r in recs]
+    return fit_times([r.spec.params["steps"] for r in recs], [r.wall_s for r in recs])
+
+
+def refit(path: Path) -> dict[str, float]:
+    """:func:`fit_times` over a finished study's ``runs.csv``: its done runs, each with the updates it trained."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("status") == "done"]
+        x = [int(r["steps"]) - int(r["branch_step"] or 0) for r in rows]
+        y = [float(r["wall_s"]) for r in rows]
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"{path}: expected a study's runs.csv (status, steps, branch_step, wall_s): {e}") from None
+    if len(rows) < 3 or len(set(x)) < 2 or not all(math.isfinite(v) and v >= 0 for v in y):
+        raise SystemExit(f"{path}: needs >= 3 done runs of >= 2 lengths with finite wall times ({len(rows)} done)")
+    return fit_times(x, y)
+
+
+def fit_times(x, y) -> dict[str, float]:
+    from scipy.stats import theilslopes
+
     b, a, _, _ = theilslopes(y, x)
     total = sum(y)
     return {"a": a, "b": b, "share": a * len(y) / total if total > 0 else math.nan, "runs": len(y), "sum": total}
@@ -183,6 +207,11 @@ def breakdown(data: Path, work: Path) -> list[tuple[str, float]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.refit is not None:
+        f = refit(args.refit)
+        print(f"{args.refit}: {f['runs']} done runs, fixed a = {f['a']:.2f} s/run, b = {1000 * f['b']:.1f} ms/step, "
+              f"fixed share {100 * f['share']:.1f}% of {f['sum'] / 60:.1f} min of run time")
+        return 0
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with tempfile.TemporaryDirectory(prefix="study_overhead_") as tmp:
         work = Path(tmp)

@@ -183,7 +183,7 @@ def report(results, out: Path, v: Variant) -> str:
         lines += [f"![curves]({fig})", ""]
     if v.pretrained:
         lines += [f"From-scratch variant beside it: `python -m experiments skiplr --variant scratch` "
-                  f"(committed: experiments/results/skiplr-cpu, r = {SCRATCH_MEASURED['rate']}, g(t_k) = "
+                  f"(committed: experiments/results/skiplr-scratch-cpu, r = {SCRATCH_MEASURED['rate']}, g(t_k) = "
                   f"{SCRATCH_MEASURED['g0']:.1%}: no crossing within T = 1000).", ""]
     return "\n".join(lines) + "\n"
 

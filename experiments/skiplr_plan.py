@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_SOURCE = "RedPajamaGitHub"  # docstrings of the stdlib and the installed packages (data_prep demo-corpus)
 FT_SOURCE = "RedPajamaBook"  # prose: the reference manual, the packages' shipped docs and descriptions
 PAPER_PAIR = (1e-6, 1e-3)
-# The from-scratch study as committed (experiments/results/skiplr-cpu/report.md, issue 13): median r and g(t_k).
-SCRATCH_MEASURED = {"rate": 0.00348, "g0": 0.5157, "source": "experiments/results/skiplr-cpu/report.md (20 seeds, T = 1000)"}
+# The from-scratch study as committed (experiments/results/skiplr-scratch-cpu/report.md, issue 13): median r and g(t_k).
+SCRATCH_MEASURED = {"rate": 0.00348, "g0": 0.5157, "source": "experiments/results/skiplr-scratch-cpu/report.md (20 seeds, T = 1000)"}
 
 
 @dataclass(frozen=True)

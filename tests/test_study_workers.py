@@ -100,3 +100,27 @@ def test_runner_and_study_import_one_way():
     tree = ast.parse((ROOT / "experiments" / "study.py").read_text())  # not even for type checking
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [m for m in imported if m and m.split(".")[-1] in ("runner", "worker")], imported
+
+
+def test_refit_of_a_study_runs_csv(tmp_path):
+    """bench/study_overhead.py --refit: a + b x steps over a study's own runs.csv (a branch counts the updates it
+    trained itself), the fixed share, and a file that is no runs.csv refused by name."""
+    import csv
+
+    import pytest
+
+    from bench import study_overhead as so
+
+    path = tmp_path / "runs.csv"
+    rows = [("done", 100, "", 2.0 + 0.05 * 100), ("done", 300, "", 2.0 + 0.05 * 300), ("done", 500, 400, 2.0 + 0.05 * 100),
+            ("done", 1000, "", 2.0 + 0.05 * 1000), ("failed", 1000, "", 0.5)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "status", "steps", "branch_step", "wall_s"])
+        w.writerows((f"r{i}", *r) for i, r in enumerate(rows))
+    got = so.refit(path)
+    assert got["runs"] == 4 and abs(got["a"] - 2.0) < 1e-9 and abs(got["b"] - 0.05) < 1e-12
+    assert abs(got["share"] - 8.0 / (8.0 + 0.05 * 1500)) < 1e-9
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="other.csv"):
+        so.refit(tmp_path / "other.csv")
