@@ -202,6 +202,46 @@ def shared_memory_lock(world_size: int, local_rank: int = 0) -> Iterator[None]:
         barrier()  # every rank has created its loaders: streaming's names are registered
 
 
+def streaming_memory_ids() -> set[int]:
+    """The ids of streaming's shared-memory blocks and datasets alive now (one walk over the heap)."""
+    import gc
+
+    from streaming.base.dataset import StreamingDataset
+    from streaming.base.shared.memory import SharedMemory
+
+    # issubclass(type(o)) rather than isinstance(o): isinstance reads o.__class__, and some objects warn on any
+    # attribute read (torch.distributed.reduce_op prints a FutureWarning for each walk)
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), (SharedMemory, StreamingDataset))}
+
+
+def release_streaming_memory(before: set[int]) -> None:
+    """Close (and, for those this process created, unlink) the streaming shared-memory blocks made since
+    ``before`` (:func:`streaming_memory_ids`): streaming registers each with ``atexit``, which would keep them, and
+    their file descriptors, until the process ends. A run's close and every in-process evaluation call it."""
+    import atexit
+    import gc
+
+    from streaming.base.dataset import StreamingDataset
+    from streaming.base.shared.memory import SharedMemory
+
+    new = [obj for obj in gc.get_objects() if issubclass(type(obj), (SharedMemory, StreamingDataset))
+           and id(obj) not in before]
+    for obj in new:  # first the datasets' threads, which still read the blocks
+        if isinstance(obj, StreamingDataset):
+            # A run that stops mid-epoch leaves its epoch's two threads (prepare, ready) waiting for samples
+            # nobody will ask for: they hold the dataset, and would stay until the process ends.
+            iterator = getattr(obj, "_iterator", None)
+            if iterator is not None:
+                iterator.non_blocking_exit()  # they see it within a tick (a thread that failed has ended already)
+            executor = getattr(obj, "_executor", None)
+            if executor is not None:
+                executor.shutdown(wait=True)
+    for obj in new:
+        if isinstance(obj, SharedMemory):
+            atexit.unregister(obj.cleanup)
+            obj.cleanup()
+
+
 def is_remote(path: str) -> bool:
     return "://" in path
 

@@ -106,25 +106,29 @@ def evaluate(checkpoint: str | Path, data: str | None = None, max_samples: int |
         if why:
             raise ValueError(f"--data {data}: {why}; a loss on it says nothing about the model (pass "
                              "--allow-other-tokenizer to evaluate anyway)")
-    from .data import clean_stale_shared_memory, shared_memory_lock
+    from .data import clean_stale_shared_memory, release_streaming_memory, shared_memory_lock, streaming_memory_ids
 
     clean_stale_shared_memory()
-    with shared_memory_lock(1):  # a run or another evaluation may be creating its loaders right now
-        val = source.build_val_dataset()
-        per_source = source.build_val_datasets_per_source()
-    if val.num_samples < 1:
-        raise ValueError(f"{data_cfg.path}: its validation split has no sample ({where}); nothing to evaluate")
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    model = ckpts.model(tag, cfg.model).to(device)
-    n = max_samples or cfg.eval.max_samples
-    b = batch_size or cfg.train.micro_batch_size
-    seq_len = cfg.data.seq_len or manifest["seq_len"]
-    loss = validation_loss(model, val, seq_len, n, b, device)
-    out = {"checkpoint": str(path), "step": ckpts.marker(tag)["step"], "data": data_cfg.path,
-           "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "samples": min(n, val.num_samples)}
-    for name, ds in per_source.items():
-        out[f"val_loss/{name}"] = validation_loss(model, ds, seq_len, max(1, n // len(per_source)), b, device)
-    return out
+    before = streaming_memory_ids()
+    try:  # its datasets' shared memory is released at the end: a study evaluates hundreds of merges in one process
+        with shared_memory_lock(1):  # a run or another evaluation may be creating its loaders right now
+            val = source.build_val_dataset()
+            per_source = source.build_val_datasets_per_source()
+        if val.num_samples < 1:
+            raise ValueError(f"{data_cfg.path}: its validation split has no sample ({where}); nothing to evaluate")
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        model = ckpts.model(tag, cfg.model).to(device)
+        n = max_samples or cfg.eval.max_samples
+        b = batch_size or cfg.train.micro_batch_size
+        seq_len = cfg.data.seq_len or manifest["seq_len"]
+        loss = validation_loss(model, val, seq_len, n, b, device)
+        out = {"checkpoint": str(path), "step": ckpts.marker(tag)["step"], "data": data_cfg.path,
+               "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "samples": min(n, val.num_samples)}
+        for name, ds in per_source.items():
+            out[f"val_loss/{name}"] = validation_loss(model, ds, seq_len, max(1, n // len(per_source)), b, device)
+        return out
+    finally:
+        release_streaming_memory(before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,9 +167,9 @@ class Trainer:
                   "optimizer and schedule, training starts at step 0", flush=True)
 
     def _setup_data(self) -> None:
-        from .data import clean_stale_shared_memory, shared_memory_lock
+        from .data import clean_stale_shared_memory, shared_memory_lock, streaming_memory_ids
 
-        self._shm_before = _streaming_memory_ids()
+        self._shm_before = streaming_memory_ids()
         clean_stale_shared_memory()  # collective: local rank 0 cleans what killed loaders left, all wait
         data = self.cfg.data.build()
         if self.dist.local_rank == 0:
@@ -503,7 +503,9 @@ class Trainer:
         self.val_per_source = {}
         gc.collect()
         if self._shm_before is not None:
-            _release_streaming_memory(self._shm_before)
+            from .data import release_streaming_memory
+
+            release_streaming_memory(self._shm_before)
 
 
 def _poison_weight(engine) -> None:
@@ -512,43 +514,6 @@ def _poison_weight(engine) -> None:
 
     with torch.no_grad():
         next(engine.module.parameters()).view(-1)[0] = float("nan")
-
-
-def _streaming_memory_ids() -> set[int]:
-    """The ids of streaming's shared-memory blocks and datasets alive now (one walk over the heap)."""
-    from streaming.base.dataset import StreamingDataset
-    from streaming.base.shared.memory import SharedMemory
-
-    # issubclass(type(o)) rather than isinstance(o): isinstance reads o.__class__, and some objects warn on any
-    # attribute read (torch.distributed.reduce_op prints a FutureWarning for each walk)
-    return {id(o) for o in gc.get_objects() if issubclass(type(o), (SharedMemory, StreamingDataset))}
-
-
-def _release_streaming_memory(before: set[int]) -> None:
-    """Close (and, for those this process created, unlink) the streaming shared-memory blocks made since
-    ``before``: streaming registers each with ``atexit``, which would keep them, and their file
-    descriptors, until the process ends."""
-    import atexit
-
-    from streaming.base.dataset import StreamingDataset
-    from streaming.base.shared.memory import SharedMemory
-
-    new = [obj for obj in gc.get_objects() if issubclass(type(obj), (SharedMemory, StreamingDataset))
-           and id(obj) not in before]
-    for obj in new:  # first the datasets' threads, which still read the blocks
-        if isinstance(obj, StreamingDataset):
-            # A run that stops mid-epoch leaves its epoch's two threads (prepare, ready) waiting for samples
-            # nobody will ask for: they hold the dataset, and would stay until the process ends.
-            iterator = getattr(obj, "_iterator", None)
-            if iterator is not None:
-                iterator.non_blocking_exit()  # they see it within a tick (a thread that failed has ended already)
-            executor = getattr(obj, "_executor", None)
-            if executor is not None:
-                executor.shutdown(wait=True)
-    for obj in new:
-        if isinstance(obj, SharedMemory):
-            atexit.unregister(obj.cleanup)
-            obj.cleanup()
 
 
 def _write_hardware(path: Path, hw, precision, threads, peak, peak_why: str) -> None:

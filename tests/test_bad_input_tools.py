@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import shutil
 from pathlib import Path
 
@@ -279,6 +281,22 @@ def report_main(args):
     from pretrain.report import main
 
     return call_main(main, args, catch_errors=True)
+
+
+def test_evaluations_in_a_row_leak_nothing(finished_run):
+    """In-process evaluations (a study evaluates every WSM merge in its own process) release their datasets'
+    shared memory: the wsd study died with EMFILE ('Too many open files') after a few dozen merges."""
+    from pretrain.evaluate import evaluate
+
+    def counts() -> tuple[int, int]:
+        return len(os.listdir("/proc/self/fd")), len(os.listdir("/dev/shm"))
+
+    seen = []
+    for _ in range(4):
+        out = evaluate(str(finished_run / "checkpoints" / "step_00000006"), max_samples=4)
+        assert math.isfinite(out["val_loss"])
+        seen.append(counts())
+    assert seen[3] == seen[1], f"(file descriptors, /dev/shm entries) after evaluations 2..4: {seen[1:]}"
 
 
 def test_report_says_what_a_directory_is(finished_run, tmp_path):
