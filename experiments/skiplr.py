@@ -11,6 +11,7 @@ counts as T. Statistics, nulls and tests (a)-(e): :mod:`experiments.skiplr_analy
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -166,10 +167,17 @@ def report(results, out: Path, v: Variant) -> str:
             rate_text = f"median r = {est:.3g} [{lo:.3g}, {hi:.3g}] per step (seed bootstrap, {rates.size} seeds)"
         else:
             rate_text = f"r fitted in {rates.size} seed(s)"
-        lines += ["", f"- Gap at t_k: median g(t_k) = {np.nanmedian([r.g0 for r in res]):.2%}; trivial seeds "
-                  f"{t.phi3.trivial} of {t.phi3.n}.",
+        g0 = float(np.nanmedian([r.g0 for r in res]))
+        lines += ["", f"- Gap at t_k: median g(t_k) = {g0:.2%}; trivial seeds {t.phi3.trivial} of {t.phi3.n}.",
                   f"- Test (a): {rate_text}; the delayed copy's gap closes at median r = "
-                  f"{np.median(nulls) if nulls.size else float('nan'):.3g}.", ""]
+                  f"{np.median(nulls) if nulls.size else float('nan'):.3g}."]
+        if rates.size and g0 > v.eps and np.median(rates) > 0:
+            cross = v.t_k + math.log(g0 / v.eps) / float(np.median(rates))
+            lines.append(f"- Where the median seed crosses: t_k + ln(g(t_k)/eps) / r = {v.t_k} + ln({g0:.2%} / "
+                         f"{v.eps:.0%}) / {np.median(rates):.3g} = step {cross:.0f}, "
+                         + (f"after T = {v.T}: most seeds cannot transition within T at this rate."
+                            if cross > v.T else f"within T = {v.T}."))
+        lines.append("")
         verdicts = [sa.transition_verdict(t), sa.placebo_test(t), sa.delay_null_test(res)[0],
                     sa.slope_test(res, v.t_k, v.eps)[0]]
         half_seeds = sorted({r.spec.params["seed"] for r in results.select(pair=pair, stage="halving")})
