@@ -202,8 +202,8 @@ def shared_memory_lock(world_size: int, local_rank: int = 0) -> Iterator[None]:
         barrier()  # every rank has created its loaders: streaming's names are registered
 
 
-def streaming_memory_ids() -> set[int]:
-    """The ids of streaming's shared-memory blocks and datasets alive now (one walk over the heap)."""
+def _streaming_objects() -> list[Any]:
+    """Streaming's shared-memory blocks and datasets alive now (one walk over the heap)."""
     import gc
 
     from streaming.base.dataset import StreamingDataset
@@ -211,7 +211,12 @@ def streaming_memory_ids() -> set[int]:
 
     # issubclass(type(o)) rather than isinstance(o): isinstance reads o.__class__, and some objects warn on any
     # attribute read (torch.distributed.reduce_op prints a FutureWarning for each walk)
-    return {id(o) for o in gc.get_objects() if issubclass(type(o), (SharedMemory, StreamingDataset))}
+    return [o for o in gc.get_objects() if issubclass(type(o), (SharedMemory, StreamingDataset))]
+
+
+def streaming_memory_ids() -> set[int]:
+    """The ids of streaming's shared-memory blocks and datasets alive now."""
+    return {id(o) for o in _streaming_objects()}
 
 
 def release_streaming_memory(before: set[int]) -> None:
@@ -219,13 +224,11 @@ def release_streaming_memory(before: set[int]) -> None:
     ``before`` (:func:`streaming_memory_ids`): streaming registers each with ``atexit``, which would keep them, and
     their file descriptors, until the process ends. A run's close and every in-process evaluation call it."""
     import atexit
-    import gc
 
     from streaming.base.dataset import StreamingDataset
     from streaming.base.shared.memory import SharedMemory
 
-    new = [obj for obj in gc.get_objects() if issubclass(type(obj), (SharedMemory, StreamingDataset))
-           and id(obj) not in before]
+    new = [obj for obj in _streaming_objects() if id(obj) not in before]
     for obj in new:  # first the datasets' threads, which still read the blocks
         if isinstance(obj, StreamingDataset):
             # A run that stops mid-epoch leaves its epoch's two threads (prepare, ready) waiting for samples
