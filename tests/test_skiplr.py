@@ -83,6 +83,13 @@ def test_pilot_gate_refuses_when_the_crossing_is_after_T():
     fast = sa.pilot_check(_seed(0, 0.02), TK, T, EPS)
     assert not slow.go and slow.predicted > T and "> T = 1000" in slow.reasons[0]
     assert fast.go and fast.observed == 410 and fast.levelled
+    # one seed that crosses early by a dip while its fitted rate crosses after T: refused, naming a T that would do
+    lucky = _seed(0, 0.002)
+    dip = np.flatnonzero(STEPS == 900)[0]
+    lucky.l3[dip] = lucky.l2[dip] * 1.001
+    check = sa.pilot_check(lucky, TK, T, EPS)
+    assert check.observed == 900 and check.predicted > T and not check.go
+    assert "this seed crossed at step 900" in check.reasons[0] and "T = 3400 would let it cross" in check.reasons[0]  # 200 + 1.5 ln(62.8)/0.00199
 
 
 def test_stability_reads_block_means_not_the_noisiest_window():
