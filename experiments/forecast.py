@@ -362,9 +362,9 @@ def report(results, out: Path, T: int) -> str:
             # paired over the held-out runs: the baseline's PredE minus the law's, run by run
             diffs = [v["baseline"].prede - v[name].prede for v in held_rows.values() if name in v and "baseline" in v]
             est = stats.paired_estimate(diffs, "baseline PredE - law PredE, per held-out run")
-            v = stats.verdict(f"{tag} beats the trivial baseline on PredE", est, ">0", name="ΔPredE")
-            statistic = v.statistic.replace(f"{est.n} seeds", f"{est.n} held-out runs ({len(seeds)} seeds)")
-            verdicts.append(dataclasses.replace(v, statistic=f"{statistic}; median PredE {pct(sm.prede)} vs "
+            v = stats.verdict(f"{tag} beats the trivial baseline on PredE", est, ">0", name="ΔPredE",
+                              units=f"{est.n} held-out runs ({len(seeds)} seeds)")
+            verdicts.append(dataclasses.replace(v, statistic=f"{v.statistic}; median PredE {pct(sm.prede)} vs "
                                                               f"{pct(base.prede)}"))
 
     # the optimized schedule: final validation loss against Linear-D2Z, per seed

@@ -334,7 +334,8 @@ _EXPECT = (">0", "<0", ">=0", "<=0", "==0")
 
 
 def verdict_ci(claim: str, estimate: float, lo: float, hi: float, n_seeds: int, expect: str, unit: str = "%",
-               scale: float = 100.0, name: str = "Δ", margin: float = DEFAULT_MARGIN, estimator: str = "") -> Verdict:
+               scale: float = 100.0, name: str = "Δ", margin: float = DEFAULT_MARGIN, estimator: str = "",
+               units: str = "") -> Verdict:
     """A verdict from an estimate and its CI [lo, hi] (shown ×``scale`` in ``unit``).
 
     - ``">0"`` (the effect is positive): True if lo > 0; False if hi < 0 (the opposite sign is significant);
@@ -346,13 +347,14 @@ def verdict_ci(claim: str, estimate: float, lo: float, hi: float, n_seeds: int, 
     - ``"==0"`` (equivalent within ±margin): True if −margin < lo and hi < margin; False if the interval lies
       wholly outside (lo > margin or hi < −margin); else None.
     - Always None with fewer than 2 seeds (no interval) or a NaN bound. The statistic names the estimator (when
-      given) and, for the margin verdicts, the margin.
+      given), the count of paired values (``units`` when they are not seeds, e.g. "16 held-out runs (2 seeds)") and,
+      for the margin verdicts, the margin.
     """
     if expect not in _EXPECT:
         raise ValueError(f"expect must be one of {_EXPECT}, got {expect!r}")
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-    seeds = f"{n_seeds} seed" + ("" if n_seeds == 1 else "s")
+    seeds = units or f"{n_seeds} seed" + ("" if n_seeds == 1 else "s")
 
     def f(v: float) -> str:
         return f"{v * scale:+.2f}"
