@@ -171,8 +171,8 @@ def report(results, out: Path, v: Variant) -> str:
         lines += ["", f"- Gap at t_k: median g(t_k) = {g0:.2%}; trivial seeds {t.phi3.trivial} of {t.phi3.n}.",
                   f"- Test (a): {rate_text}; the delayed copy's gap closes at median r = "
                   f"{np.median(nulls) if nulls.size else float('nan'):.3g}."]
-        if rates.size and g0 > v.eps and np.median(rates) > 0:
-            cross = v.t_k + math.log(g0 / v.eps) / float(np.median(rates))
+        cross = sa.crossing_step(float(np.median(rates)), g0, v.t_k, v.eps) if rates.size else math.inf
+        if math.isfinite(cross):
             lines.append(f"- Where the median seed crosses: t_k + ln(g(t_k)/eps) / r = {v.t_k} + ln({g0:.2%} / "
                          f"{v.eps:.0%}) / {np.median(rates):.3g} = step {cross:.0f}, "
                          + (f"after T = {v.T}: most seeds cannot transition within T at this rate."

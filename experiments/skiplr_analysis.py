@@ -276,6 +276,14 @@ class PilotCheck:
                 f"{self.level_off:.0%} of its total in the last 20% of T ({'levelled off' if self.levelled else 'still falling'})")
 
 
+def crossing_step(rate: float, g0: float, t_k: int, eps: float = 0.01) -> float:
+    """Where a gap of ``g0`` at t_k contracting at ``rate`` per step reaches ``eps``: t_k + ln(g0/eps)/r; inf when
+    it does not contract (r <= 0, or not fitted) or is already within eps."""
+    if not (math.isfinite(rate) and rate > 0 and math.isfinite(g0) and g0 > eps):
+        return math.inf
+    return t_k + math.log(g0 / eps) / rate
+
+
 def pilot_check(c: SeedCurves, t_k: int, T: int, eps: float = 0.01, tail: float = 0.2, flat: float = 0.1) -> PilotCheck:
     """Whether 20 seeds can show the transition: the crossing time t_k + ln(g0/eps)/r at the pilot's fitted
     contraction rate must fall within T (judged on the fit even when the pilot's one seed crossed earlier: the
@@ -288,7 +296,7 @@ def pilot_check(c: SeedCurves, t_k: int, T: int, eps: float = 0.01, tail: float 
     total = l2[0] - l2[-1] if l2.size else math.nan
     late = l2[cut][-1] - l2[-1] if cut.any() else math.nan
     level = late / total if total > 0 else math.inf
-    predicted = t_k + math.log(r.g0 / eps) / r.rate if (math.isfinite(r.rate) and r.rate > 0 and r.g0 > eps) else math.inf
+    predicted = crossing_step(r.rate, r.g0, t_k, eps)
     reasons = []
     if not math.isfinite(r.g0):
         reasons.append("no logged loss at t_k")
@@ -315,6 +323,6 @@ def scratch_T(rate: float, g0: float, t_k: int, eps: float = 0.01, safety: float
             raise ValueError(f"scratch_T: {name} must be finite, got {v!r}")
     if rate <= 0 or g0 <= eps:
         return None
-    T = t_k + safety * math.log(g0 / eps) / rate
+    T = t_k + safety * (crossing_step(rate, g0, t_k, eps) - t_k)
     T = int(math.ceil(T / round_to) * round_to)
     return T if T <= cap else None
